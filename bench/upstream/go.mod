@@ -1,0 +1,3 @@
+module benchupstream
+
+go 1.19

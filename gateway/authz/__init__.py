@@ -1,0 +1,10 @@
+"""Authorization: who may pass, decided per request from the client's verified identity.
+
+* :mod:`gateway.authz.interfaces` — the contracts (:class:`IAuthorizer`, :class:`IAuthorizerType`)
+  and the values they exchange (:class:`Decision`, :class:`RequestInfo`);
+* :mod:`gateway.authz.builtin` — the built-in types ``cn``, ``san``, ``fingerprint``, ``any``;
+* :mod:`gateway.authz.registry` — finds types through Twisted's plugin system and builds the
+  configured authorizers;
+* :mod:`gateway.authz.policy` — combines them (``policy = any | all``), failing closed;
+* :mod:`gateway.authz.testing` — helpers for plugin authors' unit tests.
+"""

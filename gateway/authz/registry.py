@@ -1,0 +1,77 @@
+"""Finding authorizer types (Twisted plugins) and building the configured authorizers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import attrs
+from twisted.plugin import getPlugins
+
+from gateway.authz.interfaces import IAuthorizer, IAuthorizerType, OptionError
+from gateway.config import AuthorizerSection, ConfigError
+
+
+def available_types() -> dict[str, IAuthorizerType]:
+    """Every :class:`IAuthorizerType` visible to Twisted's plugin system, by ``name``.
+
+    The built-ins come from ``twisted/plugins/mtlsgw_plugin.py``; third-party packages add theirs
+    from their own ``twisted/plugins/`` modules. Raises :class:`ConfigError` when two plugins
+    claim the same name (which one wins would be an accident of import order).
+    """
+    found: dict[str, IAuthorizerType] = {}
+    for kind in getPlugins(IAuthorizerType):
+        name = str(kind.name)
+        if name in found and _origin(found[name]) != _origin(kind):
+            raise ConfigError(
+                f"authorizer type {name!r} is provided by two plugins: "
+                f"{type(found[name]).__module__} and {type(kind).__module__}")
+        found[name] = kind
+    return found
+
+
+def _origin(kind: object) -> str:
+    # The same plugin module can be found twice (an installed copy and a source tree on sys.path);
+    # that is one plugin, not a conflict.
+    return f"{type(kind).__module__}.{type(kind).__qualname__}"
+
+
+@attrs.frozen
+class NamedAuthorizer:
+    """A built authorizer and its configured name (``[authorizer:NAME]``)."""
+
+    name: str
+    authorizer: IAuthorizer
+
+
+def build_authorizers(
+    sections: Sequence[AuthorizerSection],
+    types: Mapping[str, IAuthorizerType] | None = None,
+) -> tuple[NamedAuthorizer, ...]:
+    """Build one authorizer per configured section, in order.
+
+    Raises :class:`ConfigError` (one line: file, section, key, value) for an unknown ``type``, an
+    option the type does not accept, or a value the type refuses.
+    """
+    if types is None:
+        types = available_types()
+    built = []
+    for section in sections:
+        kind = types.get(section.type)
+        if kind is None:
+            raise section.location.at("type", section.type).error(
+                f"unknown authorizer type (available: {', '.join(sorted(types))})")
+        accepted = frozenset(kind.keys)
+        for key, value in section.options.items():
+            if key not in accepted:
+                known = ", ".join(sorted(accepted | {"type"}))
+                raise section.location.at(key, value).error(f"unknown key (known keys: {known})")
+        try:
+            authorizer = kind.build(section.name, dict(section.options))
+        except OptionError as exc:
+            raise section.location.at(exc.key, section.options.get(exc.key, "")).error(
+                exc.problem) from None
+        if not IAuthorizer.providedBy(authorizer):
+            raise section.location.at("type", section.type).error(
+                f"plugin {type(kind).__module__} built {authorizer!r}, not an IAuthorizer")
+        built.append(NamedAuthorizer(section.name, authorizer))
+    return tuple(built)

@@ -1,0 +1,139 @@
+"""One client connection: the TLS handshake outcome and the identity it established.
+
+:class:`GatewayChannel` is Twisted's HTTP/1.1 server protocol plus what a mutual-TLS front door
+needs per connection: it captures the verified client identity once, when the handshake completes
+(a request never re-reads it from the transport), enforces the handshake timeout, and writes an
+audit line for every handshake that fails, with OpenSSL's verify error and depth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from zope.interface import implementer
+
+from gateway.identity import ClientIdentity, UnsafeNameError
+from gateway.logfmt import clean
+from gateway.tls import handshake_state
+
+log = Logger(namespace="mtlsgw.tls")
+
+
+def _peer(transport: Any) -> str:
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    return f"{host}:{peer.port}" if host is not None else "unix"
+
+
+def _ssl_reason(reason: Failure) -> str:
+    error = reason.value
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        parts = [entry[-1] for entry in error.args[0] if entry and entry[-1]]
+        if parts:
+            return "; ".join(str(p) for p in parts)
+    return reason.getErrorMessage() or type(error).__name__
+
+
+@implementer(IHandshakeListener)
+class GatewayChannel(http.HTTPChannel):
+    """HTTP/1.1 over a TLS connection whose client identity is known once the handshake is done.
+
+    ``identity`` is the :class:`ClientIdentity` of the verified leaf, or ``None`` when the client
+    sent no certificate (only possible with ``client_auth = optional``). ``server_name`` is the SNI
+    the client sent (``str``) or ``None``.
+    """
+
+    identity: ClientIdentity | None = None
+    server_name: str | None = None
+    handshake_done = False
+    _handshake_timer: Any = None
+
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        timeout = self.factory.handshake_timeout
+        self._handshake_timer = self.factory.reactor.callLater(timeout, self._handshake_too_slow)
+
+    def _handshake_too_slow(self) -> None:
+        self._handshake_timer = None
+        log.info("tls handshake timed out peer={peer}", peer=_peer(self.transport))
+        self.handshake_done = True  # logged here; not again as a failure in connectionLost
+        self.transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        """Twisted's ``IHandshakeListener``: capture the client identity, fail closed."""
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self.handshake_done = True
+        connection: SSL.Connection = self.transport.getHandle()
+        name = connection.get_servername()
+        self.server_name = name.decode("ascii", "replace") if name else None
+        if connection.get_peer_certificate(as_cryptography=True) is None:
+            return  # client_auth = optional and no certificate sent
+        chain = connection.get_verified_chain(as_cryptography=True)
+        try:
+            if not chain:  # a certificate OpenSSL did not verify: cannot happen; fail closed
+                raise ValueError("peer certificate present but not verified")
+            self.identity = ClientIdentity.from_certificate(chain[0])
+        except (ValueError, UnsafeNameError) as exc:
+            log.warn("closing connection peer={peer}: {error}", peer=_peer(self.transport),
+                     error=clean(str(exc)))
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if not self.handshake_done:
+            self._log_failed_handshake(reason)
+        super().connectionLost(reason)
+
+    def _log_failed_handshake(self, reason: Failure) -> None:
+        try:
+            state = handshake_state(self.transport.getHandle())
+        except (AttributeError, TypeError):
+            return
+        error = state.first_error
+        log.info(
+            "tls handshake failed peer={peer} verify_error={verify} depth={depth} reason={reason}",
+            peer=_peer(self.transport),
+            verify=clean(error.reason) if error else "-",
+            depth=error.depth if error else "-",
+            reason=clean(_ssl_reason(reason)),
+        )
+
+
+class GatewayHTTPFactory(http.HTTPFactory):
+    """Builds :class:`GatewayChannel` connections whose requests use ``request_factory``.
+
+    ``idle_timeout`` (seconds) closes a connection with no bytes received for that long;
+    ``handshake_timeout`` (seconds) aborts one whose TLS handshake has not completed in time.
+    Twisted's combined-format access log is off: the gateway writes its own line per request.
+    """
+
+    protocol = GatewayChannel
+
+    def __init__(
+        self, request_factory: Any, idle_timeout: float, handshake_timeout: float,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(timeout=idle_timeout, reactor=reactor)
+        self.request_factory = request_factory
+        self.handshake_timeout = handshake_timeout
+
+    def buildProtocol(self, addr: Any) -> GatewayChannel:  # noqa: N802
+        channel = GatewayChannel()
+        channel.factory = self
+        channel.requestFactory = self.request_factory
+        channel.timeOut = self.timeOut
+        channel.callLater = self.reactor.callLater
+        return channel
+
+    def log(self, request: Any) -> None:
+        """Twisted's access log, replaced by the gateway's own (see :mod:`gateway.proxy`)."""

@@ -1,0 +1,413 @@
+"""The INI configuration: parsing and validation into frozen settings objects.
+
+:func:`load` reads one INI file (``configparser`` syntax, ``;`` and ``#`` comments allowed after
+values) and returns a :class:`GatewaySettings`, or raises :class:`ConfigError` whose message is one
+line naming the file, the ``[section]``, the key and the offending value.
+
+Only the shape of the file is checked here (known sections and keys, types, files that exist and
+parse). The authorizer sections are validated by the authorizer types themselves (see
+:mod:`gateway.authz.registry`); the TLS material is cross-checked (key matches certificate) by
+:mod:`gateway.tls`. This module is pure: no reactor, no sockets.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import attrs
+
+
+class ConfigError(Exception):
+    """A configuration mistake, with a one-line message for the operator.
+
+    The message has the form ``FILE: [SECTION] KEY = 'VALUE': PROBLEM`` (key and value are left out
+    where the problem is with a whole section or file).
+    """
+
+
+@attrs.frozen
+class Location:
+    """Where a setting comes from, for error messages: file, section and optionally key/value."""
+
+    path: Path
+    section: str
+    key: str | None = None
+    value: str | None = None
+
+    def error(self, problem: str) -> ConfigError:
+        """Return a :class:`ConfigError` naming this location and *problem* (one line)."""
+        where = f"{self.path}: [{self.section}]"
+        if self.key is not None:
+            where += f" {self.key}"
+            if self.value is not None:
+                where += f" = {self.value!r}"
+        return ConfigError(f"{where}: {_one_line(problem)}")
+
+    def at(self, key: str, value: str | None = None) -> Location:
+        """This section's location narrowed to *key* (and its *value*)."""
+        return Location(self.path, self.section, key, value)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@attrs.frozen
+class TLSSettings:
+    """The ``[tls]`` section: the gateway's server identity and how clients are verified."""
+
+    certificate: Path
+    private_key: Path
+    client_ca: Path
+    client_auth: str  # "require" | "optional"
+    verify_depth: int
+    min_version: str  # "TLSv1.2" | "TLSv1.3"
+    crl: Path | None
+    handshake_timeout: float  # seconds
+    location: Location
+
+
+@attrs.frozen
+class AuthorizerSection:
+    """One ``[authorizer:NAME]`` section, not yet interpreted: its type and remaining options."""
+
+    name: str
+    type: str
+    options: Mapping[str, str]
+    location: Location
+
+
+@attrs.frozen
+class HeaderSettings:
+    """The ``[headers]`` section: how identity is written into request headers."""
+
+    prefix: str
+    forward_certificate: bool
+
+
+@attrs.frozen
+class UpstreamSettings:
+    """Where allowed requests go and how the gateway talks to it."""
+
+    url: str
+    scheme: str  # "http" | "https"
+    host: str
+    port: int
+    base_path: str  # "" or a path without trailing slash, prefixed to every request path
+    pool_size: int  # persistent connections kept per upstream
+    connect_timeout: float  # seconds
+    response_timeout: float  # seconds to wait for the response head; 0 = no limit
+
+
+@attrs.frozen
+class GatewaySettings:
+    """Everything the gateway needs, validated. Built by :func:`load`."""
+
+    path: Path
+    listen: str
+    idle_timeout: float  # seconds a keep-alive connection may sit idle
+    upstream: UpstreamSettings
+    tls: TLSSettings
+    policy: str  # "any" | "all"
+    authorizers: tuple[AuthorizerSection, ...]
+    headers: HeaderSettings
+
+
+_GATEWAY_KEYS = {
+    "listen",
+    "upstream",
+    "idle_timeout",
+    "upstream_pool_size",
+    "upstream_connect_timeout",
+    "upstream_response_timeout",
+}
+_TLS_KEYS = {
+    "certificate",
+    "private_key",
+    "client_ca",
+    "client_auth",
+    "verify_depth",
+    "min_version",
+    "crl",
+    "handshake_timeout",
+}
+_AUTHORIZE_KEYS = {"policy", "authorizers"}
+_HEADERS_KEYS = {"prefix", "forward_certificate"}
+_FIXED_SECTIONS = {
+    "gateway": _GATEWAY_KEYS,
+    "tls": _TLS_KEYS,
+    "authorize": _AUTHORIZE_KEYS,
+    "headers": _HEADERS_KEYS,
+}
+_REQUIRED = {"gateway": ("listen", "upstream"), "tls": ("certificate", "private_key", "client_ca")}
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}
+
+
+class _Section:
+    """Typed accessors over one section; every failure is a :class:`ConfigError` with location."""
+
+    def __init__(self, path: Path, name: str, values: Mapping[str, str]) -> None:
+        self.location = Location(path, name)
+        self._values = values
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        value = self._values.get(key)
+        if value is None or value == "":
+            return default
+        return value
+
+    def require(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise self.location.at(key).error("required key is missing or empty")
+        return value
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.get(key, default)
+        assert value is not None
+        if value.lower() not in allowed:
+            raise self.location.at(key, value).error(f"must be one of {', '.join(allowed)}")
+        return value.lower()
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        raw = self.get(key, str(default))
+        assert raw is not None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise self.location.at(key, raw).error("must be an integer") from None
+        if not low <= value <= high:
+            raise self.location.at(key, raw).error(f"must be between {low} and {high}")
+        return value
+
+    def seconds(self, key: str, default: float, allow_zero: bool = False) -> float:
+        raw = self.get(key, str(default))
+        assert raw is not None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self.location.at(key, raw).error("must be a number of seconds") from None
+        if value != value or value < 0 or (value == 0 and not allow_zero) or value > 86400:
+            bound = "0" if allow_zero else "more than 0"
+            raise self.location.at(key, raw).error(f"must be {bound} and at most 86400 seconds")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self.get(key)
+        if raw is None:
+            return default
+        if raw.lower() not in _BOOLEANS:
+            raise self.location.at(key, raw).error("must be yes or no")
+        return _BOOLEANS[raw.lower()]
+
+    def readable_file(self, key: str, base: Path, required: bool = True) -> Path | None:
+        raw = self.require(key) if required else self.get(key)
+        if raw is None:
+            return None
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        try:
+            with path.open("rb") as handle:
+                handle.read(1)
+        except FileNotFoundError:
+            raise self.location.at(key, raw).error(f"file not found: {path}") from None
+        except IsADirectoryError:
+            raise self.location.at(key, raw).error(f"is a directory: {path}") from None
+        except OSError as exc:
+            raise self.location.at(key, raw).error(
+                f"cannot read {path}: {exc.strerror}") from None
+        return path
+
+
+def parse_list(raw: str) -> list[str]:
+    """Split a comma-separated list value (``alice, bob``) into its stripped, non-empty items."""
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _read(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        default_section="\x00no-defaults",  # [DEFAULT] is not a feature of this file
+        strict=True,
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle, source=str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: {_one_line(str(exc))}") from None
+    return parser
+
+
+def _check_keys(section: _Section, values: Mapping[str, str], known: set[str]) -> None:
+    for key, value in values.items():
+        if key not in known:
+            raise section.location.at(key, value).error(
+                f"unknown key (known keys: {', '.join(sorted(known))})")
+
+
+def _endpoint(section: _Section) -> str:
+    raw = section.require("listen")
+    # Parse now, without a reactor, so a typo fails at start with our one-line message.
+    from twisted.internet.endpoints import _parseServer
+
+    try:
+        _parseServer(raw, None)
+    except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
+        raise section.location.at("listen", raw).error(
+            f"not a Twisted server endpoint description ({exc!s})") from None
+    return raw
+
+
+def _upstream(section: _Section) -> UpstreamSettings:
+    raw = section.require("upstream")
+    loc = section.location.at("upstream", raw)
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise loc.error(f"not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise loc.error("must start with http:// or https://")
+    if not parts.hostname:
+        raise loc.error("has no host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise loc.error("must not carry user info, query or fragment")
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return UpstreamSettings(
+        url=raw,
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=port,
+        base_path=parts.path.rstrip("/"),
+        pool_size=section.integer("upstream_pool_size", 32, 1, 10000),
+        connect_timeout=section.seconds("upstream_connect_timeout", 5.0),
+        response_timeout=section.seconds("upstream_response_timeout", 60.0, allow_zero=True),
+    )
+
+
+def _tls(section: _Section, base: Path) -> TLSSettings:
+    certificate = section.readable_file("certificate", base)
+    private_key = section.readable_file("private_key", base)
+    client_ca = section.readable_file("client_ca", base)
+    assert certificate and private_key and client_ca
+    return TLSSettings(
+        certificate=certificate,
+        private_key=private_key,
+        client_ca=client_ca,
+        client_auth=section.choice("client_auth", "require", ("require", "optional")),
+        verify_depth=section.integer("verify_depth", 2, 1, 16),
+        min_version=_min_version(section),
+        crl=section.readable_file("crl", base, required=False),
+        handshake_timeout=section.seconds("handshake_timeout", 10.0),
+        location=section.location,
+    )
+
+
+def _min_version(section: _Section) -> str:
+    raw = section.get("min_version", "TLSv1.2")
+    assert raw is not None
+    canonical = {"tlsv1.2": "TLSv1.2", "tlsv1.3": "TLSv1.3"}.get(raw.lower())
+    if canonical is None:
+        raise section.location.at("min_version", raw).error("must be TLSv1.2 or TLSv1.3")
+    return canonical
+
+
+def _headers(section: _Section) -> HeaderSettings:
+    prefix = section.get("prefix", "X-Client-")
+    assert prefix is not None
+    if not _TOKEN.match(prefix):
+        raise section.location.at("prefix", prefix).error(
+            "must be a header-name prefix made of token characters (RFC 9110 §5.6.2)")
+    return HeaderSettings(
+        prefix=prefix,
+        forward_certificate=section.boolean("forward_certificate", False),
+    )
+
+
+def _authorizers(
+    parser: configparser.ConfigParser, path: Path, authorize: _Section
+) -> tuple[str, tuple[AuthorizerSection, ...]]:
+    policy = authorize.choice("policy", "any", ("any", "all"))
+    listed_raw = authorize.require("authorizers")
+    listed = parse_list(listed_raw)
+    defined = {
+        name.split(":", 1)[1].strip(): name
+        for name in parser.sections()
+        if name.startswith("authorizer:")
+    }
+    seen: set[str] = set()
+    sections: list[AuthorizerSection] = []
+    for name in listed:
+        if name in seen:
+            raise authorize.location.at("authorizers", listed_raw).error(
+                f"authorizer {name!r} is listed twice")
+        seen.add(name)
+        section_name = defined.get(name)
+        if section_name is None:
+            raise authorize.location.at("authorizers", listed_raw).error(
+                f"authorizer {name!r} is listed but there is no [authorizer:{name}] section")
+        values = dict(parser.items(section_name))
+        loc = Location(path, section_name)
+        kind = values.pop("type", "")
+        if not kind:
+            raise loc.at("type").error("required key is missing or empty")
+        sections.append(AuthorizerSection(name, kind, values, loc))
+    return policy, tuple(sections)
+
+
+def load(path: str | Path) -> GatewaySettings:
+    """Read and validate the INI file at *path*.
+
+    Relative file paths inside the file resolve against the file's folder. Returns a
+    :class:`GatewaySettings`; raises :class:`ConfigError` (one-line message naming file, section,
+    key and value) on any mistake: missing or unreadable file, unknown section or key, bad value,
+    an authorizer listed but not defined.
+    """
+    path = Path(path).expanduser().absolute()
+    parser = _read(path)
+    base = path.parent
+    for name in parser.sections():
+        if name in _FIXED_SECTIONS:
+            continue
+        if name.startswith("authorizer:") and _NAME.match(name.split(":", 1)[1].strip()):
+            continue
+        raise ConfigError(
+            f"{path}: [{name}]: unknown section (known: [gateway], [tls], [authorize], "
+            "[headers], [authorizer:NAME])")
+    sections = {}
+    for name, known in _FIXED_SECTIONS.items():
+        values = dict(parser.items(name)) if parser.has_section(name) else {}
+        section = _Section(path, name, values)
+        if not parser.has_section(name) and name in _REQUIRED:
+            raise ConfigError(f"{path}: [{name}]: required section is missing")
+        _check_keys(section, values, known)
+        sections[name] = section
+    gateway = sections["gateway"]
+    policy, authorizers = _authorizers(parser, path, sections["authorize"])
+    return GatewaySettings(
+        path=path,
+        listen=_endpoint(gateway),
+        idle_timeout=gateway.seconds("idle_timeout", 60.0),
+        upstream=_upstream(gateway),
+        tls=_tls(sections["tls"], base),
+        policy=policy,
+        authorizers=authorizers,
+        headers=_headers(sections["headers"]),
+    )

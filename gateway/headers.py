@@ -1,0 +1,170 @@
+"""Which request headers the gateway owns, and how identity is written into them.
+
+Pure functions over header lists (``(name, value)`` pairs of ``bytes``); no reactor.
+
+Two rules make the identity headers trustworthy for the upstream (docs/headers.md):
+
+* **Ownership.** Every client header whose name, lower-cased and with ``_`` and ``.`` read as
+  ``-``, starts with the configured prefix (``x-client-``), and every ``X-Forwarded-For``,
+  ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and ``Forwarded`` header, is removed before the
+  gateway adds its own. WSGI/CGI servers map ``X-Client-CN``, ``X_Client_CN`` and ``x.client.cn``
+  to the same variable, so all spellings are removed.
+* **Escaping.** Every value written is single-line printable ASCII. Certificate strings (CN and
+  SAN values) are UTF-8 encoded and every byte outside ``0x20``–``0x7E``, every ``%``, every
+  ``,`` (the list separator) and a leading or trailing space is written as ``%XX`` (uppercase hex,
+  RFC 3986 §2.1). Decoding is "split on ``,``, then percent-decode each item as UTF-8".
+  Subject and issuer are RFC 4514 strings as nginx prints them, already ASCII-escaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote
+
+from gateway.config import HeaderSettings
+from gateway.identity import ClientIdentity
+
+Header = tuple[bytes, bytes]
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the framing headers the HTTP client writes itself
+# and the ones only meaningful between the client and the gateway.
+HOP_BY_HOP = frozenset({
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"content-length",
+    b"expect",
+})
+FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+
+VERIFY = "Verify"
+SUBJECT = "Subject"
+ISSUER = "Issuer"
+CN = "CN"
+SERIAL = "Serial"
+FINGERPRINT = "Fingerprint-SHA256"
+SAN_DNS = "SAN-DNS"
+SAN_URI = "SAN-URI"
+SAN_EMAIL = "SAN-Email"
+SAN_IP = "SAN-IP"
+NOT_BEFORE = "Not-Before"
+NOT_AFTER = "Not-After"
+CERT = "Cert"
+
+_KEEP = frozenset(range(0x20, 0x7F)) - {ord("%"), ord(",")}
+
+
+def normalize_name(name: bytes) -> bytes:
+    """Lower-case *name* and read ``_`` and ``.`` as ``-``, as WSGI/CGI servers effectively do."""
+    return name.lower().replace(b"_", b"-").replace(b".", b"-")
+
+
+def escape_value(text: str) -> str:
+    """Escape one certificate string for a header: printable ASCII out, reversible.
+
+    Bytes of the UTF-8 encoding outside 0x20–0x7E, ``%``, ``,`` and a leading or trailing space
+    become ``%XX``. ``urllib.parse.unquote`` (or ``decodeURIComponent``) reverses it.
+    """
+    encoded = text.encode("utf-8")
+    out = []
+    last = len(encoded) - 1
+    for index, byte in enumerate(encoded):
+        edge_space = byte == 0x20 and index in (0, last)
+        out.append(f"%{byte:02X}" if byte not in _KEEP or edge_space else chr(byte))
+    return "".join(out)
+
+
+def _connection_tokens(headers: Sequence[Header]) -> set[bytes]:
+    tokens = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def without_hop_by_hop(headers: Sequence[Header]) -> list[Header]:
+    """Drop RFC 9110 §7.6.1 hop-by-hop headers, those named in ``Connection``, and framing."""
+    drop = HOP_BY_HOP | _connection_tokens(headers)
+    return [(n, v) for n, v in headers if n.lower() not in drop]
+
+
+def is_owned(name: bytes, settings: HeaderSettings) -> bool:
+    """True if the gateway owns header *name* (any case; ``_``/``.`` spellings included)."""
+    normalized = normalize_name(name)
+    return normalized.startswith(_prefix(settings)) or normalized in FORWARDED
+
+
+def _prefix(settings: HeaderSettings) -> bytes:
+    return normalize_name(settings.prefix.encode("ascii"))
+
+
+def identity_values(identity: ClientIdentity | None, settings: HeaderSettings) -> list[Header]:
+    """The identity headers for *identity* (``None``: connection without a certificate).
+
+    Returns ``(name, value)`` pairs with the configured prefix; a header whose value would be empty
+    (no SAN of that type) is left out. Dates are RFC 3339 UTC (``2026-01-31T12:00:00Z``).
+    """
+    if identity is None:
+        fields = [(VERIFY, "NONE")]
+    else:
+        fields = [
+            (VERIFY, "SUCCESS"),
+            (SUBJECT, _ascii_only(identity.subject)),
+            (ISSUER, _ascii_only(identity.issuer)),
+            (CN, _join(identity.common_names)),
+            (SERIAL, identity.serial),
+            (FINGERPRINT, identity.fingerprint_sha256),
+            (SAN_DNS, _join(identity.dns_names)),
+            (SAN_URI, _join(identity.uris)),
+            (SAN_EMAIL, _join(identity.emails)),
+            (SAN_IP, _join(identity.ip_addresses)),
+            (NOT_BEFORE, identity.not_before.strftime("%Y-%m-%dT%H:%M:%SZ")),
+            (NOT_AFTER, identity.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ]
+        if settings.forward_certificate:
+            fields.append((CERT, quote(identity.pem, safe="")))
+    prefix = settings.prefix
+    return [
+        ((prefix + name).encode("ascii"), value.encode("ascii")) for name, value in fields if value
+    ]
+
+
+def _join(values: Iterable[str]) -> str:
+    return ",".join(escape_value(v) for v in values)
+
+
+def _ascii_only(text: str) -> str:
+    # format_name already escapes to printable ASCII; this keeps the promise if it ever did not.
+    if all(0x20 <= ord(ch) <= 0x7E for ch in text):
+        return text
+    return "".join(ch if 0x20 <= ord(ch) <= 0x7E else escape_value(ch) for ch in text)
+
+
+def upstream_request_headers(
+    client_headers: Sequence[Header],
+    identity: ClientIdentity | None,
+    settings: HeaderSettings,
+    client_ip: str,
+    host: bytes | None,
+) -> list[Header]:
+    """The headers to send upstream for one client request.
+
+    Keeps the client's end-to-end headers (all values of repeated ones, in order, ``Host``
+    included), removes hop-by-hop and framing headers (the HTTP client writes its own
+    ``Content-Length``/``Transfer-Encoding``) and every header the gateway owns, then appends the
+    identity headers and ``X-Forwarded-For`` (the client's address), ``X-Forwarded-Proto``
+    (``https``) and ``X-Forwarded-Host`` (the client's ``Host``).
+    """
+    kept = [(n, v) for n, v in without_hop_by_hop(client_headers) if not is_owned(n, settings)]
+    kept.extend(identity_values(identity, settings))
+    kept.append((b"X-Forwarded-For", client_ip.encode("ascii")))
+    kept.append((b"X-Forwarded-Proto", b"https"))
+    if host is not None:
+        kept.append((b"X-Forwarded-Host", host))
+    return kept

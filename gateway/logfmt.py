@@ -1,0 +1,17 @@
+"""Making untrusted values safe for log lines.
+
+Anything a client controls (paths, methods, certificate fields) is passed through :func:`clean`
+before it reaches a log line: no control character, no non-ASCII byte, no ``"``, so one request is
+one line and a quoted field cannot be closed early.
+"""
+
+from __future__ import annotations
+
+_KEEP = frozenset(range(0x20, 0x7F)) - {ord("%"), ord('"')}
+
+
+def clean(value: str | bytes) -> str:
+    """Return *value* as printable ASCII: other bytes (UTF-8 for ``str``), ``%`` and ``"`` become
+    ``%XX`` (RFC 3986 §2.1 percent-encoding, reversible with ``urllib.parse.unquote``)."""
+    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    return "".join(chr(b) if b in _KEEP else f"%{b:02X}" for b in data)

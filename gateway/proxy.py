@@ -1,0 +1,432 @@
+"""The request path: authorize, then stream the request to the upstream and the response back.
+
+A :class:`ProxyRequest` starts working as soon as the request head is parsed (Twisted's
+``gotLength`` hook), not after the body has been buffered: the authorization decision is taken
+first, then the upstream request starts with a body producer fed by the client's bytes as they
+arrive. Both directions apply backpressure: a slow upstream pauses reading from the client, a
+slow client pauses reading from the upstream, so memory stays flat whatever the body size.
+
+Status codes the gateway writes itself: 400 (request target not in origin-form), 403 (no
+authorizer allowed; body names the reason id), 502 (upstream refused, unreachable or broke before
+the response head), 504 (no response head within ``upstream_response_timeout``). An upstream that
+breaks after the response head has been sent aborts the client connection, so the client can never
+take a truncated body for a complete one.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import attrs
+from twisted.internet import error as neterror
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from gateway.authz.interfaces import Decision, RequestInfo
+from gateway.authz.policy import Policy
+from gateway.config import HeaderSettings
+from gateway.headers import upstream_request_headers, without_hop_by_hop
+from gateway.logfmt import clean
+from gateway.upstream import Upstream
+
+access_log = Logger(namespace="mtlsgw.access")
+
+# Bytes of request body held while the upstream connection is being set up; past it the
+# client is paused.
+_BODY_BUFFER_LIMIT = 64 * 1024
+
+
+@attrs.frozen
+class Route:
+    """What one request needs from the configuration: who may pass, where to, which headers.
+
+    Immutable; a reload builds a new one and new requests pick it up.
+    """
+
+    policy: Policy
+    headers: HeaderSettings
+    upstream: Upstream
+
+
+@implementer(IBodyProducer)
+class StreamingBody:
+    """The client's request body, handed to Twisted's HTTP client as it arrives.
+
+    ``length`` is the client's ``Content-Length`` (bytes) or ``UNKNOWN_LENGTH`` for a chunked
+    body (the client library then sends it chunked). Until the upstream connection asks for the
+    body, up to 64 KiB is held; past that, and whenever the upstream's socket is full, reading from
+    the client is paused.
+    """
+
+    def __init__(self, length: int | None, client: Any) -> None:
+        self.length = UNKNOWN_LENGTH if length is None else length
+        self._client = client  # the client's transport: an IPushProducer of request bytes
+        self._consumer: Any = None
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._complete = False
+        self._stopped = False
+        self._client_paused = False
+        self._done: Deferred[None] = Deferred()
+
+    def received(self, data: bytes) -> None:
+        """Called with each chunk of the client's (de-chunked) body."""
+        if self._stopped:
+            return
+        if self._consumer is not None:
+            self._consumer.write(data)
+            return
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > _BODY_BUFFER_LIMIT:
+            self.pauseProducing()
+
+    def complete(self) -> None:
+        """Called once the client's body has been received completely."""
+        self._complete = True
+        if self._consumer is not None and not self._done.called:
+            self._done.callback(None)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:  # noqa: N802
+        self._consumer = consumer
+        held, self._held, self._held_bytes = self._held, [], 0
+        for data in held:
+            consumer.write(data)
+        self.resumeProducing()
+        if self._complete:
+            return succeed(None)
+        return self._done
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        if not self._client_paused:
+            self._client_paused = True
+            self._client.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self._client_paused and not self._stopped:
+            self._client_paused = False
+            self._client.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """The upstream request is over (failed or cancelled): drop the rest of the body."""
+        self._stopped = True
+        if self._client_paused:
+            self._client_paused = False
+            self._client.resumeProducing()
+
+
+@implementer(IPushProducer)
+class ResponseRelay(Protocol):
+    """Receives the upstream response body and writes it to the client request.
+
+    Registered as the request's producer: when the client's socket is full the upstream
+    connection is paused.
+    """
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self._exchange.relay_data(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self._exchange.relay_done(reason)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+
+class Exchange:
+    """One client request and its upstream counterpart, from request head to access-log line."""
+
+    def __init__(self, request: ProxyRequest, route: Route, length: int | None) -> None:
+        self.request = request
+        self.route = route
+        self.channel = request.channel
+        self.started = time.monotonic()
+        self.body = StreamingBody(length, request.channel.transport) if length != 0 else None
+        self.body_complete = length == 0
+        self.decision: Decision | None = None
+        self.upstream_status: int | str = "-"
+        self.finished = False
+        self.client_gone = False
+        self._upstream: Deferred[IResponse] | None = None
+        self._relay: ResponseRelay | None = None
+        self._timer: Any = None
+        self._timed_out = False
+        self._response_complete = False
+        request.notifyFinish().addErrback(self._client_lost)
+
+    # -- request side ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        request = self.request
+        if not request.uri.startswith(b"/"):
+            self.respond_locally(400, "request-target-not-origin-form")
+            return
+        info = RequestInfo(
+            method=request.method.decode("latin-1"),
+            path=request.path.decode("latin-1"),
+            host=_header(request, b"host"),
+            server_name=self.channel.server_name,
+            client_address=_client_ip(request),
+        )
+        self.route.policy.decide(self.channel.identity, info).addCallback(self._decided)
+
+    def body_received(self, data: bytes) -> None:
+        if self.body is not None:
+            self.body.received(data)
+
+    def body_done(self) -> None:
+        self.body_complete = True
+        if self.body is not None:
+            self.body.complete()
+        if self._upstream is not None:
+            self._start_response_timer()
+        if self._response_complete and not self.finished:
+            self._finish()
+
+    def _decided(self, decision: Decision) -> None:
+        self.decision = decision
+        if self.client_gone:
+            return
+        if not decision.allowed:
+            self.respond_locally(403, decision.reason)
+            return
+        request = self.request
+        upstream = self.route.upstream
+        headers = upstream_request_headers(
+            list(_raw_pairs(request.requestHeaders)),
+            self.channel.identity,
+            self.route.headers,
+            _client_ip(request),
+            request.getHeader(b"host"),
+        )
+        outgoing = Headers()
+        for name, value in headers:
+            outgoing.addRawHeader(name, value)
+        self._upstream = upstream.request(request.method, request.uri, outgoing, self.body)
+        self._upstream.addCallbacks(self._got_response, self._upstream_failed)
+        if self.body_complete:
+            self._start_response_timer()
+
+    def _start_response_timer(self) -> None:
+        timeout = self.route.upstream.settings.response_timeout
+        if timeout and self._timer is None and self._relay is None:
+            self._timer = self.request.channel.callLater(timeout, self._response_too_slow)
+
+    def _response_too_slow(self) -> None:
+        self._timer = None
+        self._timed_out = True
+        if self._upstream is not None:
+            self._upstream.cancel()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- response side --------------------------------------------------------------------------
+
+    def _got_response(self, response: IResponse) -> None:
+        self._cancel_timer()
+        self.upstream_status = response.code
+        request = self.request
+        if self.client_gone:
+            response.deliverBody(_Discard())
+            return
+        request.setResponseCode(response.code, response.phrase)
+        for name, value in without_hop_by_hop(list(_raw_pairs(response.headers))):
+            request.responseHeaders.addRawHeader(name, value)
+        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+            request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
+        self._relay = ResponseRelay(self)
+        request.registerProducer(self._relay, True)
+        response.deliverBody(self._relay)
+
+    def relay_data(self, data: bytes) -> None:
+        if not self.client_gone:
+            self.request.write(data)
+
+    def relay_done(self, reason: Failure) -> None:
+        if self.client_gone:
+            return
+        self.request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._response_complete = True
+            if self.body_complete:
+                self._finish()
+            else:
+                # The upstream answered before the client finished sending: close after this.
+                self._stop_reading_client()
+                self._finish()
+            return
+        access_log.warn(
+            "upstream broke mid-response peer={peer} error={error}; aborting client connection",
+            peer=_client_ip(self.request), error=clean(_failure_text(reason)))
+        self.upstream_status = f"{self.upstream_status}-aborted"
+        self._log_access()
+        self.finished = True
+        self.channel.transport.abortConnection()
+
+    def _upstream_failed(self, failure: Failure) -> None:
+        self._cancel_timer()
+        if self.client_gone:
+            return
+        if self._timed_out:
+            self.upstream_status = "timeout"
+            self.respond_locally(504, "upstream-timeout")
+            return
+        failure.trap(Exception)
+        reason = "upstream-unreachable" if _is_connect_error(failure) else "upstream-error"
+        self.upstream_status = reason
+        access_log.warn("upstream request failed: {error}", error=clean(_failure_text(failure)))
+        self.respond_locally(502, reason)
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def respond_locally(self, code: int, reason: str) -> None:
+        """Answer the client from the gateway itself: status *code*, a short text body naming
+        *reason*. If the request body is still arriving, the connection closes after this."""
+        request = self.request
+        body = f"{code} {http.RESPONSES.get(code, b'').decode('ascii')}: {reason}\n".encode()
+        request.setResponseCode(code)
+        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        if not self.body_complete:
+            self._stop_reading_client()
+        request.write(body)
+        self._finish()
+
+    def _stop_reading_client(self) -> None:
+        # Ignore whatever else the client sends for this request, and close after the response.
+        channel = self.channel
+        channel.persistent = False
+        self.request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        channel.dataReceived = lambda data: None
+        if self.body is not None:
+            self.body.stopProducing()
+        channel.transport.resumeProducing()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._log_access()
+        self.request.finish()
+
+    def _client_lost(self, failure: Failure) -> None:
+        if self.finished:
+            return
+        self.client_gone = True
+        self._cancel_timer()
+        if self._relay is not None:
+            self._relay.stopProducing()
+        elif self._upstream is not None:
+            self._upstream.cancel()
+        self.upstream_status = f"{self.upstream_status}-client-gone"
+        self._log_access()
+        self.finished = True
+
+    def _log_access(self) -> None:
+        request = self.request
+        identity = self.channel.identity
+        decision = self.decision
+        access_log.info(
+            'request peer={peer} method={method} path="{path}" subject="{subject}" '
+            "fingerprint={fingerprint} decision={decision} reason={reason} authorizer={authorizer} "
+            "status={status} upstream_status={upstream_status} duration_ms={duration:.1f}",
+            peer=_client_ip(request),
+            method=clean(request.method),
+            path=clean(request.uri),
+            subject=clean(identity.subject) if identity else "-",
+            fingerprint=identity.fingerprint_sha256 if identity else "-",
+            decision=("allow" if decision.allowed else "deny") if decision else "-",
+            reason=clean(decision.reason) if decision else "-",
+            authorizer=clean(decision.authorizer or "-") if decision else "-",
+            status=request.code,
+            upstream_status=self.upstream_status,
+            duration=(time.monotonic() - self.started) * 1000,
+        )
+
+
+class ProxyRequest(http.Request):
+    """A request that streams: proxying starts when the head is parsed.
+
+    Hooks into Twisted's ``HTTPChannel``: ``gotLength`` (head parsed), ``handleContentChunk`` (body
+    bytes), ``process`` (body complete). The route comes from the channel's factory
+    (``factory.route``), read once per request, so a reload never changes a request midway.
+    """
+
+    defaultContentType = None  # noqa: N815  (Twisted) never invent a Content-Type the upstream did not send
+    exchange: Exchange | None = None
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802
+        self.content = io.BytesIO()  # Twisted's requestReceived expects a file; never filled
+        channel = self.channel
+        # The head has been parsed, but Twisted only sets method/uri in requestReceived, after the
+        # body. The channel holds them meanwhile.
+        self.method = channel._command
+        self.uri = channel._path
+        self.clientproto = channel._version
+        self.path = self.uri.split(b"?", 1)[0]
+        self.exchange = Exchange(self, channel.factory.route, length)
+        self.exchange.start()
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+        if self.exchange is not None:
+            self.exchange.body_received(data)
+
+    def process(self) -> None:
+        if self.exchange is not None:
+            self.exchange.body_done()
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:  # noqa: N802
+        self.transport.stopProducing()
+
+
+def _raw_pairs(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, values in headers.getAllRawHeaders() for value in values]
+
+
+def _header(request: http.Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def _client_ip(request: http.Request) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", "unix"))
+
+
+def _is_connect_error(failure: Failure) -> bool:
+    return failure.check(neterror.ConnectError, neterror.DNSLookupError) is not None
+
+
+def _failure_text(failure: Failure) -> str:
+    value = failure.value
+    reasons = getattr(value, "reasons", None)
+    if reasons:
+        return "; ".join(_failure_text(r) for r in reasons)
+    return f"{type(value).__name__}: {value}"

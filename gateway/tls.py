@@ -1,0 +1,252 @@
+"""The server side of TLS: the pyOpenSSL ``Context`` that verifies client certificates.
+
+:func:`build_context` turns validated :class:`~gateway.config.TLSSettings` into a
+``OpenSSL.SSL.Context``; :class:`ServerConnectionCreator` hands out connections from it to Twisted
+(``IOpenSSLServerConnectionCreator``), so any server endpoint (``tcp:``, ``unix:``, ``systemd:``)
+can be wrapped with TLS, and a reload swaps in a new context without touching live connections.
+
+Verification is OpenSSL's (chain to the ``client_ca`` trust anchors, validity, depth, the
+``sslclient`` purpose, i.e. RFC 5280 §4.2.1.12 EKU ``clientAuth`` and §4.2.1.3 key usage, CRLs when
+configured). The verify callback only adds checks: it never turns a failure into a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
+
+from gateway.config import Location, TLSSettings
+from gateway.identity import UnsafeNameError, check_names
+
+# Modern AEAD suites for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults).
+_TLS12_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+_SESSION_ID_CONTEXT = b"mtlsgw"
+# Set on a connection whose leaf passed OpenSSL but failed one of the gateway's own checks.
+_GATEWAY_REJECTED = -1
+
+
+@attrs.define
+class VerifyError:
+    """The first verification failure of a handshake: chain depth (0 = leaf) and the reason."""
+
+    depth: int
+    code: int  # OpenSSL X509_V_ERR_* code, or -1 for the gateway's own checks
+    reason: str  # X509_verify_cert_error_string, or the gateway's own text
+
+
+@attrs.define
+class HandshakeState:
+    """What the verify callback learned about one connection (see :func:`handshake_state`)."""
+
+    first_error: VerifyError | None = None
+
+    def record(self, depth: int, code: int, reason: str) -> None:
+        """Keep the first failure only: later ones are usually consequences of it."""
+        if self.first_error is None:
+            self.first_error = VerifyError(depth, code, reason)
+
+
+def verify_error_string(code: int) -> str:
+    """OpenSSL's text for verification error *code* (``X509_verify_cert_error_string``)."""
+    return _ffi.string(_lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+
+
+def load_certificates(location: Location, path: Path) -> list[x509.Certificate]:
+    """All PEM certificates in *path*, in file order.
+
+    Raises :class:`ConfigError` at *location* when the file holds none or does not parse.
+    """
+    data = path.read_bytes()
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise location.error(f"no PEM certificate in {path} ({exc})") from None
+    return certificates
+
+
+def _load_key(location: Location, path: Path) -> object:
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except TypeError:
+        raise location.error(f"{path} is encrypted; give an unencrypted PEM key") from None
+    except ValueError as exc:
+        raise location.error(f"no usable PEM private key in {path} ({exc})") from None
+    if not isinstance(
+        key,
+        rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+        | ed448.Ed448PrivateKey,
+    ):
+        raise location.error(f"unsupported key type {type(key).__name__} in {path}")
+    return key
+
+
+def _load_crls(location: Location, path: Path) -> list[x509.CertificateRevocationList]:
+    data = path.read_bytes()
+    blocks = [
+        b"-----BEGIN X509 CRL-----" + block
+        for block in data.split(b"-----BEGIN X509 CRL-----")[1:]
+    ]
+    try:
+        crls = [x509.load_pem_x509_crl(block) for block in blocks]
+    except ValueError as exc:
+        raise location.error(f"bad PEM CRL in {path} ({exc})") from None
+    if not crls:
+        raise location.error(f"no PEM CRL in {path}")
+    return crls
+
+
+def _leaf_allows_client_auth(certificate: x509.Certificate) -> bool:
+    try:
+        eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True  # RFC 5280 §4.2.1.12: no EKU extension means any purpose
+    return any(
+        oid in eku
+        for oid in (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE)
+    )
+
+
+def verify_callback(
+    connection: SSL.Connection, certificate: crypto.X509, code: int, depth: int, ok: int
+) -> bool:
+    """pyOpenSSL verify callback: OpenSSL's verdict *ok*, and the gateway's own leaf checks.
+
+    Returns ``ok and <extra checks>``; records the first failure (depth and reason) in the
+    connection's :class:`HandshakeState` for the audit log. Extra checks on the leaf (depth 0): the
+    EKU allows ``clientAuth`` (RFC 5280 §4.2.1.12) and no name carries a control character.
+    """
+    state = handshake_state(connection)
+    if not ok:
+        state.record(depth, code, verify_error_string(code))
+        return False
+    if depth != 0:
+        return True
+    leaf = certificate.to_cryptography()
+    if not _leaf_allows_client_auth(leaf):
+        state.record(depth, _GATEWAY_REJECTED, "extended key usage does not allow clientAuth")
+        return False
+    try:
+        check_names(leaf)
+    except UnsafeNameError as exc:
+        state.record(depth, _GATEWAY_REJECTED, str(exc))
+        return False
+    return True
+
+
+def build_context(
+    settings: TLSSettings,
+    callback: Callable[[SSL.Connection, crypto.X509, int, int, int], bool] = verify_callback,
+) -> SSL.Context:
+    """Build the server ``Context`` for *settings*.
+
+    Raises :class:`ConfigError` naming ``[tls]`` and the key for: a certificate file without a
+    certificate, a key that does not parse or does not match the certificate, a ``client_ca`` file
+    without a certificate, a bad CRL file.
+
+    Choices (docs/configuration.md): TLS ``min_version`` and up, AEAD ciphers, no compression, no
+    renegotiation, no session resumption (no tickets, no cache), so every connection runs full
+    verification against the current trust anchors and CRLs; client CA names advertised in the
+    CertificateRequest.
+    """
+    loc = settings.location
+    chain = load_certificates(loc.at("certificate", str(settings.certificate)),
+                              settings.certificate)
+    key_loc = loc.at("private_key", str(settings.private_key))
+    key = _load_key(key_loc, settings.private_key)
+    anchors = load_certificates(loc.at("client_ca", str(settings.client_ca)), settings.client_ca)
+
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(_VERSIONS[settings.min_version])
+    context.set_options(
+        SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+    )
+    context.set_cipher_list(_TLS12_CIPHERS)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.set_session_id(_SESSION_ID_CONTEXT)
+
+    context.use_certificate(chain[0])
+    for extra in chain[1:]:
+        context.add_extra_chain_cert(extra)
+    context.use_privatekey(key)  # type: ignore[arg-type]
+    try:
+        context.check_privatekey()
+    except SSL.Error:
+        raise key_loc.error(
+            f"private key does not match the certificate in {settings.certificate}") from None
+
+    context.load_verify_locations(str(settings.client_ca))
+    for anchor in anchors:
+        context.add_client_ca(anchor)
+    store = context.get_cert_store()
+    assert store is not None
+    if settings.crl is not None:
+        for crl in _load_crls(loc.at("crl", str(settings.crl)), settings.crl):
+            store.add_crl(crl)
+        store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
+
+    mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+    if settings.client_auth == "require":
+        mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    context.set_verify(mode, callback)
+    # OpenSSL's depth counts intermediates below the leaf; ours counts the chain the client may
+    # present above the leaf up to and including the trust anchor: the same number nginx takes.
+    context.set_verify_depth(settings.verify_depth)
+    context.set_alpn_select_callback(_select_http11)
+    return context
+
+
+def _select_http11(connection: SSL.Connection, offered: list[bytes]) -> bytes:
+    # HTTP/1.1 only: a client offering just h2 gets no ALPN answer and may fall back or fail.
+    return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerConnectionCreator:
+    """Hands Twisted a new ``SSL.Connection`` per accepted socket, from the current context.
+
+    Assign :attr:`context` to switch every *new* connection to new TLS settings (reload); live
+    connections keep the context they started with.
+    """
+
+    def __init__(self, context: SSL.Context) -> None:
+        self.context = context
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802, N803
+        """Twisted's ``IOpenSSLServerConnectionCreator`` method."""
+        return _Connection(self.context, None)
+
+
+class _Connection(SSL.Connection):
+    # Twisted keeps its own object in the connection's app data, so the state lives here.
+    mtlsgw_handshake: HandshakeState
+
+    def __init__(self, context: SSL.Context, sock: None) -> None:
+        super().__init__(context, sock)
+        self.mtlsgw_handshake = HandshakeState()
+
+
+def handshake_state(connection: SSL.Connection) -> HandshakeState:
+    """The :class:`HandshakeState` of a connection made by :class:`ServerConnectionCreator`.
+
+    Raises ``TypeError`` for a connection made elsewhere.
+    """
+    if not isinstance(connection, _Connection):
+        raise TypeError(f"{connection!r} was not made by ServerConnectionCreator")
+    return connection.mtlsgw_handshake

@@ -1,0 +1,313 @@
+"""End-to-end test harness: the real ``twistd mtlsgw`` process, a real upstream, real clients.
+
+* :class:`Upstream` — a threaded HTTP/1.1 server on a free loopback port that records every
+  request it receives (headers in arrival order, body length and SHA-256) and has a few special
+  paths: ``/download/N`` streams N bytes, ``/die/N`` sends half of a promised 2N-byte body then
+  drops the connection, ``/hold`` keeps the request open until the gateway hangs up.
+* :class:`Gateway` — writes an INI file, runs ``twistd --nodaemon mtlsgw --config``,
+  polls until the port accepts connections (or the process exits), and stops it at the end.
+* :func:`https_request` (Python ``ssl`` + ``http.client``) and :func:`curl` as clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+DEADLINE = 20.0  # seconds to wait for anything that should happen "now"
+PATTERN = hashlib.sha256(b"mtlsgw").digest() * 2048  # 64 KiB of deterministic bytes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll *condition* until it returns something truthy; fail the test after *timeout*."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)  # polling interval, not a wait for an outcome
+        delay = min(delay * 2, 0.2)
+
+
+def pattern_bytes(n: int) -> Iterator[bytes]:
+    """*n* bytes of the deterministic pattern, in 64 KiB pieces."""
+    while n > 0:
+        piece = PATTERN[: min(n, len(PATTERN))]
+        n -= len(piece)
+        yield piece
+
+
+def pattern_sha256(n: int) -> str:
+    digest = hashlib.sha256()
+    for piece in pattern_bytes(n):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def _read_body(self) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        total = 0
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                remaining = size
+                while remaining:
+                    data = self.rfile.read(min(remaining, 1 << 16))
+                    digest.update(data)
+                    remaining -= len(data)
+                    total += len(data)
+                self.rfile.readline()
+        else:
+            remaining = int(self.headers.get("Content-Length", "0"))
+            while remaining:
+                data = self.rfile.read(min(remaining, 1 << 16))
+                if not data:
+                    break
+                digest.update(data)
+                remaining -= len(data)
+                total += len(data)
+        return total, digest.hexdigest()
+
+    def _handle(self) -> None:
+        length, sha = self._read_body()
+        record = {
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k, v] for k, v in self.headers.raw_items()],
+            "body_length": length,
+            "body_sha256": sha,
+        }
+        self.server.record(record)
+        if self.path.startswith("/download/"):
+            size = int(self.path.rsplit("/", 1)[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            for piece in pattern_bytes(size):
+                self.wfile.write(piece)
+            return
+        if self.path.startswith("/die/"):
+            size = int(self.path.rsplit("/", 1)[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(2 * size))
+            self.end_headers()
+            for piece in pattern_bytes(size):
+                self.wfile.write(piece)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if self.path == "/hold":
+            # Hold the request until the gateway closes its side (the client went away).
+            self.connection.settimeout(DEADLINE)
+            with contextlib.suppress(OSError):
+                gone = self.connection.recv(1) == b""
+                self.server.record({"hold_ended_by_peer": gone})
+            self.close_connection = True
+            return
+        body = json.dumps(record).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Upstream", "one")
+        self.send_header("X-Upstream", "two")
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def record(self, item: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(item)
+
+
+class Upstream:
+    """A real HTTP/1.1 server on loopback that records what it received."""
+
+    def __init__(self) -> None:
+        self._server = _Server()
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return self._server.requests
+
+    def clear(self) -> None:
+        self._server.requests.clear()
+
+    def last(self) -> dict[str, Any]:
+        return wait_for(lambda: self._server.requests and self._server.requests[-1],
+                        "the upstream to receive a request")
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def headers_of(record: dict[str, Any], name: str) -> list[str]:
+    """All values of header *name* (case-insensitive) the upstream received, in order."""
+    return [v for k, v in record["headers"] if k.lower() == name.lower()]
+
+
+def render_ini(sections: dict[str, dict[str, str]]) -> str:
+    out = []
+    for section, values in sections.items():
+        out.append(f"[{section}]")
+        out.extend(f"{key} = {value}" for key, value in values.items())
+        out.append("")
+    return "\n".join(out)
+
+
+class Gateway:
+    """A running ``twistd mtlsgw`` process."""
+
+    def __init__(self, directory: Path, sections: dict[str, dict[str, str]],
+                 env: dict[str, str] | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.port = free_port()
+        sections = {k: dict(v) for k, v in sections.items()}
+        sections.setdefault("gateway", {}).setdefault(
+            "listen", f"tcp:{self.port}:interface=127.0.0.1")
+        self.config = directory / "gw.ini"
+        self.config.write_text(render_ini(sections))
+        self.log_path = directory / "gw.log"
+        self.process = run_twistd(self.config, self.log_path, env)
+        self.url = f"https://localhost:{self.port}"
+        wait_for(self._ready, "the gateway to listen")
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            out, err = self.process.communicate()
+            raise AssertionError(f"gateway exited with {self.process.returncode}: {err}{out}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def wait_log(self, text: str) -> str:
+        """Wait until the log contains *text*; return the log."""
+        return str(wait_for(lambda: text in self.log() and self.log(), f"log line {text!r}"))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.communicate()
+
+
+def twistd_command(config: Path, log_path: Path | None = None) -> list[str]:
+    logfile = [f"--logfile={log_path}"] if log_path else []
+    twistd = Path(sys.executable).parent / "twistd"  # the script pip installed with Twisted
+    return [str(twistd), "--nodaemon", "--pidfile=", *logfile, "mtlsgw", "--config", str(config)]
+
+
+def run_twistd(config: Path, log_path: Path | None, env: dict[str, str] | None = None,
+               ) -> subprocess.Popen[str]:
+    # Run from the config's folder, never from the source tree: the installed package is tested.
+    return subprocess.Popen(
+        twistd_command(config, log_path), cwd=config.parent, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+    )
+
+
+class Refused(Exception):
+    """The TLS handshake (or the connection right after it) was refused by the gateway."""
+
+
+def client_context(ca: Path, cert: Path | None = None, key: Path | None = None,
+                   chain_extra: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    return context
+
+
+def https_request(
+    port: int, context: ssl.SSLContext, method: str = "GET", path: str = "/",
+    headers: list[tuple[str, str]] | None = None, body: bytes | Iterator[bytes] | None = None,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request with Python's ``http.client``; raises :class:`Refused` on a TLS refusal."""
+    connection = http.client.HTTPSConnection("localhost", port, context=context,
+                                             timeout=DEADLINE)
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        chunked = body is not None and not isinstance(body, bytes)
+        for name, value in headers or []:
+            connection.putheader(name, value)
+        if isinstance(body, bytes):
+            connection.putheader("Content-Length", str(len(body)))
+        if chunked:
+            connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        if isinstance(body, bytes):
+            connection.send(body)
+        elif body is not None:
+            for piece in body:
+                connection.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            connection.send(b"0\r\n\r\n")
+        response = connection.getresponse()
+        return response.status, response.getheaders(), response.read()
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError,
+            http.client.RemoteDisconnected) as exc:
+        raise Refused(repr(exc)) from exc
+    finally:
+        connection.close()
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run curl with *args* (``-sS`` added); returns the completed process."""
+    return subprocess.run(["curl", "-sS", "--max-time", str(DEADLINE), *args],
+                          capture_output=True, text=True, timeout=DEADLINE + 5, check=False)

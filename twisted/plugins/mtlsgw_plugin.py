@@ -1,0 +1,52 @@
+"""Twisted plugins of mtlsgw: the ``twistd mtlsgw`` command and the built-in authorizer types."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+from gateway.authz.builtin import any_type, cn_type, fingerprint_type, san_type
+
+
+class Options(usage.Options):
+    synopsis = "--config FILE"
+    longdesc = (
+        "Mutual-TLS gateway: verifies client certificates, authorizes requests by the client's "
+        "identity and proxies them to an upstream with identity headers. "
+        "Reload with SIGHUP."
+    )
+    optParameters = [["config", "c", "/etc/mtlsgw/gw.ini", "The INI configuration file."]]
+
+    def postOptions(self) -> None:
+        from gateway.config import ConfigError
+        from gateway.service import validate
+
+        try:
+            validate(self["config"])
+        except ConfigError as exc:
+            # One line naming file, section, key and value; no usage text, no traceback.
+            sys.stderr.write(f"mtlsgw: {exc}\n")
+            raise SystemExit(1) from None
+
+
+@implementer(IServiceMaker, IPlugin)
+class _ServiceMaker:
+    tapname = "mtlsgw"
+    description = "Mutual-TLS gateway in front of an HTTP upstream."
+    options = Options
+
+    def makeService(self, options: Options):  # type: ignore[no-untyped-def]
+        from gateway.service import build
+
+        return build(options["config"])
+
+
+serviceMaker = _ServiceMaker()
+cn = cn_type
+san = san_type
+fingerprint = fingerprint_type
+any_certificate = any_type
