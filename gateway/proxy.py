@@ -174,6 +174,10 @@ class Exchange:
         self._timer: Any = None
         self._timed_out = False
         self._response_complete = False
+        # Twisted's channel is still parsing the head while start() runs; a request without a
+        # body is "received" right after. Finishing before that would confuse the channel.
+        self.received = False
+        self._finish_pending = False
         request.notifyFinish().addErrback(self._client_lost)
 
     # -- request side ---------------------------------------------------------------------------
@@ -197,13 +201,14 @@ class Exchange:
             self.body.received(data)
 
     def body_done(self) -> None:
+        self.received = True
         self.body_complete = True
         if self.body is not None:
             self.body.complete()
-        if self._upstream is not None:
-            self._start_response_timer()
-        if self._response_complete and not self.finished:
+        if self._finish_pending or self._response_complete:
             self._finish()
+        elif self._upstream is not None:
+            self._start_response_timer()
 
     def _decided(self, decision: Decision) -> None:
         self.decision = decision
@@ -308,7 +313,8 @@ class Exchange:
         """Answer the client from the gateway itself: status *code*, a short text body naming
         *reason*. If the request body is still arriving, the connection closes after this."""
         request = self.request
-        body = f"{code} {http.RESPONSES.get(code, b'').decode('ascii')}: {reason}\n".encode()
+        phrase = http.RESPONSES.get(code, b"").decode("ascii")
+        body = f"{code} {phrase}: {clean(reason)}\n".encode()
         request.setResponseCode(code)
         request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
@@ -329,6 +335,9 @@ class Exchange:
 
     def _finish(self) -> None:
         if self.finished:
+            return
+        if not self.received and self.body_complete:
+            self._finish_pending = True  # body_done() is about to run; finish there
             return
         self.finished = True
         self._log_access()

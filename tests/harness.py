@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import json
@@ -135,9 +134,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/hold":
             # Hold the request until the gateway closes its side (the client went away).
             self.connection.settimeout(DEADLINE)
-            with contextlib.suppress(OSError):
+            try:
                 gone = self.connection.recv(1) == b""
-                self.server.record({"hold_ended_by_peer": gone})
+            except ConnectionResetError:
+                gone = True
+            except OSError:
+                gone = False
+            self.server.record({"hold_ended_by_peer": gone})
             self.close_connection = True
             return
         body = json.dumps(record).encode()
