@@ -53,6 +53,12 @@ class GatewayChannel(http.HTTPChannel):
     server_name: str | None = None
     handshake_done = False
     _handshake_timer: Any = None
+    factory: GatewayHTTPFactory
+
+    @property
+    def tls(self) -> Any:
+        """The TLS transport (``TLSMemoryBIOProtocol``): ``getHandle()`` is the SSL.Connection."""
+        return self.transport
 
     def connectionMade(self) -> None:  # noqa: N802
         super().connectionMade()
@@ -63,7 +69,7 @@ class GatewayChannel(http.HTTPChannel):
         self._handshake_timer = None
         log.info("tls handshake timed out peer={peer}", peer=_peer(self.transport))
         self.handshake_done = True  # logged here; not again as a failure in connectionLost
-        self.transport.abortConnection()
+        self.tls.abortConnection()
 
     def handshakeCompleted(self) -> None:  # noqa: N802
         """Twisted's ``IHandshakeListener``: capture the client identity, fail closed."""
@@ -71,7 +77,7 @@ class GatewayChannel(http.HTTPChannel):
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self.handshake_done = True
-        connection: SSL.Connection = self.transport.getHandle()
+        connection: SSL.Connection = self.tls.getHandle()
         name = connection.get_servername()
         self.server_name = name.decode("ascii", "replace") if name else None
         if connection.get_peer_certificate(as_cryptography=True) is None:
@@ -84,7 +90,7 @@ class GatewayChannel(http.HTTPChannel):
         except (ValueError, UnsafeNameError) as exc:
             log.warn("closing connection peer={peer}: {error}", peer=_peer(self.transport),
                      error=clean(str(exc)))
-            self.transport.abortConnection()
+            self.tls.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         if self._handshake_timer is not None:
@@ -96,7 +102,7 @@ class GatewayChannel(http.HTTPChannel):
 
     def _log_failed_handshake(self, reason: Failure) -> None:
         try:
-            state = handshake_state(self.transport.getHandle())
+            state = handshake_state(self.tls.getHandle())
         except (AttributeError, TypeError):
             return
         error = state.first_error
@@ -117,7 +123,8 @@ class GatewayHTTPFactory(http.HTTPFactory):
     Twisted's combined-format access log is off: the gateway writes its own line per request.
     """
 
-    protocol = GatewayChannel
+    protocol = GatewayChannel  # type: ignore[assignment]  # HTTP/1.1 only, see buildProtocol
+    route: Any  # gateway.proxy.Route; set by the service, replaced on reload
 
     def __init__(
         self, request_factory: Any, idle_timeout: float, handshake_timeout: float,
@@ -127,12 +134,12 @@ class GatewayHTTPFactory(http.HTTPFactory):
         self.request_factory = request_factory
         self.handshake_timeout = handshake_timeout
 
-    def buildProtocol(self, addr: Any) -> GatewayChannel:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> GatewayChannel:  # type: ignore[override]  # noqa: N802
         channel = GatewayChannel()
         channel.factory = self
         channel.requestFactory = self.request_factory
-        channel.timeOut = self.timeOut
-        channel.callLater = self.reactor.callLater
+        channel.timeOut = self.timeOut  # type: ignore[assignment]  # seconds, float
+        channel.callLater = self.reactor.callLater  # type: ignore[method-assign,assignment]
         return channel
 
     def log(self, request: Any) -> None:

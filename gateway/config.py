@@ -290,6 +290,8 @@ def _upstream(section: _Section) -> UpstreamSettings:
         raise loc.error("must not carry user info, query or fragment")
     if port is None:
         port = 443 if parts.scheme == "https" else 80
+    if port == 0:
+        raise loc.error("port 0 is not a port one can connect to")
     return UpstreamSettings(
         url=raw,
         scheme=parts.scheme,
@@ -347,11 +349,19 @@ def _authorizers(
     policy = authorize.choice("policy", "any", ("any", "all"))
     listed_raw = authorize.require("authorizers")
     listed = parse_list(listed_raw)
-    defined = {
-        name.split(":", 1)[1].strip(): name
-        for name in parser.sections()
-        if name.startswith("authorizer:")
-    }
+    if not listed:
+        raise authorize.location.at("authorizers", listed_raw).error(
+            "list at least one authorizer")
+    defined: dict[str, str] = {}
+    for section_name in parser.sections():
+        if not section_name.startswith("authorizer:"):
+            continue
+        key = section_name.split(":", 1)[1].strip()
+        if key in defined:
+            raise ConfigError(
+                f"{path}: [{section_name}]: authorizer {key!r} is already defined by "
+                f"[{defined[key]}]")
+        defined[key] = section_name
     seen: set[str] = set()
     sections: list[AuthorizerSection] = []
     for name in listed:

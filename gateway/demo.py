@@ -37,7 +37,7 @@ class EchoRequest(http.Request):
 def echo_factory() -> Any:
     """An ``HTTPFactory`` serving :class:`EchoRequest` (listen on it with any endpoint)."""
     factory = http.HTTPFactory()
-    factory.protocol = lambda: _channel()
+    factory.protocol = _channel  # type: ignore[assignment]  # plain HTTP/1.1 channel
     return factory
 
 

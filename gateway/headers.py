@@ -81,7 +81,7 @@ def escape_value(text: str) -> str:
 
 
 def _connection_tokens(headers: Sequence[Header]) -> set[bytes]:
-    tokens = set()
+    tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())

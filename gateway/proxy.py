@@ -27,13 +27,15 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from gateway.authz.interfaces import Decision, RequestInfo
 from gateway.authz.policy import Policy
+from gateway.channel import GatewayChannel
 from gateway.config import HeaderSettings
 from gateway.headers import upstream_request_headers, without_hop_by_hop
 from gateway.logfmt import clean
@@ -70,7 +72,7 @@ class StreamingBody:
 
     def __init__(self, length: int | None, client: Any) -> None:
         self.length = UNKNOWN_LENGTH if length is None else length
-        self._client = client  # the client's transport: an IPushProducer of request bytes
+        self._client: Any = client  # the client's transport: an IPushProducer of request bytes
         self._consumer: Any = None
         self._held: list[bytes] = []
         self._held_bytes = 0
@@ -142,17 +144,18 @@ class ResponseRelay(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._exchange.relay_done(reason)
 
+    # The transport deliverBody gives us is Twisted's TransportProxyProducer (an IPushProducer).
     def pauseProducing(self) -> None:  # noqa: N802
         if self.transport is not None:
-            self.transport.pauseProducing()
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:  # noqa: N802
         if self.transport is not None:
-            self.transport.resumeProducing()
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:  # noqa: N802
         if self.transport is not None:
-            self.transport.stopProducing()
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
 
 class Exchange:
@@ -161,9 +164,9 @@ class Exchange:
     def __init__(self, request: ProxyRequest, route: Route, length: int | None) -> None:
         self.request = request
         self.route = route
-        self.channel = request.channel
+        self.channel: GatewayChannel = request.channel  # type: ignore[assignment]
         self.started = time.monotonic()
-        self.body = StreamingBody(length, request.channel.transport) if length != 0 else None
+        self.body = StreamingBody(length, self.channel.tls) if length != 0 else None
         self.body_complete = length == 0
         self.decision: Decision | None = None
         self.upstream_status: int | str = "-"
@@ -291,7 +294,7 @@ class Exchange:
         self.upstream_status = f"{self.upstream_status}-aborted"
         self._log_access()
         self.finished = True
-        self.channel.transport.abortConnection()
+        self.channel.tls.abortConnection()
 
     def _upstream_failed(self, failure: Failure) -> None:
         self._cancel_timer()
@@ -328,10 +331,10 @@ class Exchange:
         channel = self.channel
         channel.persistent = False
         self.request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-        channel.dataReceived = lambda data: None
+        channel.dataReceived = lambda data: None  # type: ignore[method-assign]
         if self.body is not None:
             self.body.stopProducing()
-        channel.transport.resumeProducing()
+        channel.tls.resumeProducing()
 
     def _finish(self) -> None:
         if self.finished:
@@ -412,7 +415,7 @@ class ProxyRequest(http.Request):
 
 class _Discard(Protocol):
     def connectionMade(self) -> None:  # noqa: N802
-        self.transport.stopProducing()
+        self.transport.stopProducing()  # type: ignore[union-attr]
 
 
 def _raw_pairs(headers: Headers) -> list[tuple[bytes, bytes]]:

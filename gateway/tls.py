@@ -64,7 +64,8 @@ class HandshakeState:
 
 def verify_error_string(code: int) -> str:
     """OpenSSL's text for verification error *code* (``X509_verify_cert_error_string``)."""
-    return _ffi.string(_lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+    text: bytes = _ffi.string(_lib.X509_verify_cert_error_string(code))
+    return text.decode("ascii", "replace")
 
 
 def load_certificates(location: Location, path: Path) -> list[x509.Certificate]:
@@ -184,8 +185,8 @@ def build_context(
     context.use_certificate(chain[0])
     for extra in chain[1:]:
         context.add_extra_chain_cert(extra)
-    context.use_privatekey(key)  # type: ignore[arg-type]
     try:
+        context.use_privatekey(key)  # type: ignore[arg-type]
         context.check_privatekey()
     except SSL.Error:
         raise key_loc.error(

@@ -48,4 +48,5 @@ class Upstream:
 
     def close(self) -> Deferred[None]:
         """Close the idle pooled connections (on shutdown or when a reload replaces this)."""
-        return self._pool.closeCachedConnections()
+        closed: Deferred[None] = self._pool.closeCachedConnections()
+        return closed

@@ -65,11 +65,6 @@ def test_uri_pattern_matches(pattern: str, uri: str, expected: bool) -> None:
     assert URIPattern.parse(pattern).matches(uri) is expected
 
 
-@pytest.mark.xfail(
-    reason="BUG: urlsplit() strips leading C0/space, so ' spiffe://td/ns/a' matches "
-    "'spiffe://td/ns/a' although it is not the same (or a valid) URI",
-    strict=True,
-)
 def test_uri_pattern_does_not_match_a_uri_with_leading_space() -> None:
     assert not URIPattern.parse("spiffe://td/ns/a").matches(" spiffe://td/ns/a")
 

@@ -19,8 +19,8 @@ class Decision:
     ``authorizer`` is the configured name of the authorizer that decided (filled in by the policy).
     """
 
-    allowed: bool
-    reason: str
+    allowed: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+    reason: str = attrs.field(validator=attrs.validators.instance_of(str))
     authorizer: str = ""
 
     @classmethod

@@ -2,7 +2,8 @@
 
 A pattern is a URI whose scheme and authority must match exactly (compared
 case-insensitively) and whose path segments match one by one: ``*`` stands for exactly one whole,
-non-empty segment; ``**``, allowed only as the last segment, stands for one or more segments.
+non-empty segment other than ``.`` and ``..``; ``**``, allowed only as the last segment, stands
+for one or more such segments.
 ``*`` inside a segment (``spiffe://x/a*``) is refused, as is a query or fragment in the pattern.
 
 | pattern                     | matches                       | does not match               |
@@ -53,15 +54,23 @@ class URIPattern:
             fixed = self.segments[:-1]
             if len(segments) <= len(fixed):
                 return False
-            return _match_segments(fixed, segments[: len(fixed)]) and all(segments[len(fixed):])
+            rest = segments[len(fixed):]
+            return _match_segments(fixed, segments[: len(fixed)]) and all(map(_wild, rest))
         return len(segments) == len(self.segments) and _match_segments(self.segments, segments)
 
 
 def _match_segments(pattern: tuple[str, ...], segments: tuple[str, ...]) -> bool:
-    return all(p == s or (p == "*" and s != "") for p, s in zip(pattern, segments, strict=True))
+    return all(p == s or (p == "*" and _wild(s)) for p, s in zip(pattern, segments, strict=True))
+
+
+def _wild(segment: str) -> bool:
+    # A wildcard never stands for an empty segment or a dot segment (RFC 3986 §3.3).
+    return segment not in ("", ".", "..")
 
 
 def _split(text: str) -> tuple[str, str, tuple[str, ...]]:
+    if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in text):
+        raise ValueError(f"{text!r}: spaces and control characters are not allowed in a URI")
     parts = urlsplit(text)
     if parts.query or parts.fragment:
         raise ValueError(f"{text!r}: a query or fragment is not allowed")
