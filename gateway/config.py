@@ -369,12 +369,11 @@ def _authorizers(
             raise authorize.location.at("authorizers", listed_raw).error(
                 f"authorizer {name!r} is listed twice")
         seen.add(name)
-        section_name = defined.get(name)
-        if section_name is None:
+        if name not in defined:
             raise authorize.location.at("authorizers", listed_raw).error(
                 f"authorizer {name!r} is listed but there is no [authorizer:{name}] section")
-        values = dict(parser.items(section_name))
-        loc = Location(path, section_name)
+        values = dict(parser.items(defined[name]))
+        loc = Location(path, defined[name])
         kind = values.pop("type", "")
         if not kind:
             raise loc.at("type").error("required key is missing or empty")
