@@ -1,0 +1,122 @@
+"""Bad configuration stops the start with one line naming file, section, key and value;
+``mtlsgw check-config`` says the same; SIGHUP reloads, and a failed reload keeps serving."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import base_sections
+from harness import DEADLINE, client_context, https_request, render_ini, run_twistd, wait_for
+
+
+def _write(tmp_path: Path, sections) -> Path:
+    path = tmp_path / "gw.ini"
+    path.write_text(render_ini(sections))
+    return path
+
+
+def _sections(pki, upstream, change):
+    sections = base_sections(pki, upstream.url)
+    sections["gateway"]["listen"] = "tcp:0:interface=127.0.0.1"
+    change(sections)
+    return sections
+
+
+def _set(section, key, value):
+    def change(sections):
+        sections.setdefault(section, {})[key] = value
+    return change
+
+
+def _other_key(pki):
+    return str(pki.alice().key)
+
+
+BAD = [
+    ("missing certificate file", lambda p: _set("tls", "certificate", "nope.pem"),
+     "[tls] certificate = 'nope.pem': file not found"),
+    ("key does not match certificate", lambda p: _set("tls", "private_key", _other_key(p)),
+     "[tls] private_key = "),
+    ("CA file without a certificate", lambda p: _set("tls", "client_ca", str(p.server.key)),
+     "[tls] client_ca = "),
+    ("unknown authorizer type", lambda p: _set("authorizer:team", "type", "nope"),
+     "[authorizer:team] type = 'nope': unknown authorizer type"),
+    ("authorizer listed but not defined", lambda p: _set("authorize", "authorizers", "team, x"),
+     "[authorize] authorizers = 'team, x': authorizer 'x' is listed but there is no"),
+    ("unknown key", lambda p: _set("gateway", "lisen", "tcp:1"),
+     "[gateway] lisen = 'tcp:1': unknown key"),
+    ("bad endpoint", lambda p: _set("gateway", "listen", "tcpp:8443"),
+     "[gateway] listen = 'tcpp:8443': not a Twisted server endpoint description"),
+]
+
+
+SHA1 = "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+
+
+def _sha1_change(sections):
+    sections["authorizer:team"] = {"type": "fingerprint", "sha256": SHA1}
+
+
+def _malformed_fp_change(sections):
+    sections["authorizer:team"] = {"type": "fingerprint", "sha256": "xyz"}
+
+
+CASES = [*BAD,
+    ("SHA-1 fingerprint", lambda p: _sha1_change,
+     f"[authorizer:team] sha256 = '{SHA1}': "),
+    ("malformed fingerprint", lambda p: _malformed_fp_change,
+     "[authorizer:team] sha256 = 'xyz': "),
+]
+
+
+@pytest.mark.parametrize(("label", "make_change", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_config_stops_twistd_with_one_line(tmp_path, pki, upstream, label, make_change,
+                                               expected):
+    path = _write(tmp_path, _sections(pki, upstream, make_change(pki)))
+    process = run_twistd(path, None)
+    out, err = process.communicate(timeout=DEADLINE)
+    assert process.returncode != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"mtlsgw: {path}: "), lines[0]
+    assert expected in lines[0]
+    assert "Traceback" not in out + err
+
+    check = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)],
+                           capture_output=True, text=True, timeout=DEADLINE, check=False)
+    assert check.returncode == 1
+    assert check.stderr.strip() == lines[0]
+
+
+def test_check_config_accepts_a_good_file(tmp_path, pki, upstream):
+    path = _write(tmp_path, _sections(pki, upstream, lambda s: None))
+    check = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)],
+                           capture_output=True, text=True, timeout=DEADLINE, check=False)
+    assert check.returncode == 0, check.stderr
+    assert "OK" in check.stdout
+
+
+def test_sighup_reloads_and_a_broken_reload_keeps_serving(start_gateway, pki):
+    gateway = start_gateway()
+    alice, bob = pki.alice(), pki.bob()
+
+    def status(files):
+        return https_request(gateway.port, client_context(pki.ca, files.cert, files.key))[0]
+
+    assert (status(alice), status(bob)) == (200, 403)
+    text = gateway.config.read_text()
+    gateway.config.write_text(text.replace("allow = alice", "allow = bob"))
+    gateway.process.send_signal(signal.SIGHUP)
+    gateway.wait_log("reloaded configuration")
+    wait_for(lambda: status(bob) == 200, "bob to be allowed after the reload")
+    assert status(alice) == 403
+    gateway.config.write_text(text.replace("type = cn", "type = nope"))
+    gateway.process.send_signal(signal.SIGHUP)
+    log = gateway.wait_log("reload refused, keeping the running configuration")
+    assert "[authorizer:team] type = 'nope'" in log
+    assert (status(alice), status(bob)) == (403, 200)
+    assert gateway.process.poll() is None
