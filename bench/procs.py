@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -139,6 +140,58 @@ def cpu_seconds(pids: list[int]) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total / CLK_TCK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
+class CpuAccount:
+    """Where the machine's CPU went while a measurement ran, in % of one core: the proxy, the
+    upstream, the clients (children of this process, reaped meanwhile), this harness, and the
+    rest, which is other processes on the machine plus interrupt time nobody is charged for.
+    A large "other" marks a run disturbed by something outside the benchmark."""
+
+    def __init__(self, proxy: list[int], upstream: list[int]) -> None:
+        self.proxy, self.upstream = proxy, upstream
+        self.result: dict[str, float | None] = {}
+
+    @staticmethod
+    def _rusage(who: int) -> float:
+        r = resource.getrusage(who)
+        return r.ru_utime + r.ru_stime
+
+    def __enter__(self) -> CpuAccount:
+        self.t0 = time.monotonic()
+        self.p0, self.u0 = cpu_seconds(self.proxy), cpu_seconds(self.upstream)
+        self.c0 = self._rusage(resource.RUSAGE_CHILDREN)
+        self.s0 = self._rusage(resource.RUSAGE_SELF)
+        self.m0, self.st0 = machine_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = max(time.monotonic() - self.t0, 1e-6)
+        proxy = cpu_seconds(self.proxy) - self.p0
+        upstream = cpu_seconds(self.upstream) - self.u0
+        clients = self._rusage(resource.RUSAGE_CHILDREN) - self.c0
+        harness = self._rusage(resource.RUSAGE_SELF) - self.s0
+        busy, steal = machine_cpu()
+        other = (busy - self.m0) - proxy - upstream - clients - harness
+        pct = 100 / wall
+        self.result = {
+            "proxy_cpu_pct": proxy * pct if self.proxy else None,
+            "upstream_cpu_pct": upstream * pct,
+            "client_cpu_pct": clients * pct,
+            "other_cpu_pct": max(other, 0.0) * pct,
+            "steal_pct": (steal - self.st0) * pct,
+        }
 
 
 class PeakSampler:

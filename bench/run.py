@@ -351,14 +351,11 @@ class Bench:
     def measured(self, target: str, fn: Callable[[], Run]) -> Run:
         """Run fn() and add the proxy's CPU use and the upstream connections opened meanwhile."""
         pids = self.proxies[target].pids() if target in self.proxies else []
-        up_pids = self.upstream.pids()
-        s0, t0 = self.upstream_stats(), time.monotonic()
-        c0, u0 = procs.cpu_seconds(pids), procs.cpu_seconds(up_pids)
-        out = fn()
-        wall = time.monotonic() - t0
+        s0 = self.upstream_stats()
+        with procs.CpuAccount(pids, self.upstream.pids()) as cpu:
+            out = fn()
         s1 = self.upstream_stats()
-        out["proxy_cpu_pct"] = 100 * (procs.cpu_seconds(pids) - c0) / wall if pids else None
-        out["upstream_cpu_pct"] = 100 * (procs.cpu_seconds(up_pids) - u0) / wall
+        out.update(cpu.result)
         # less the connection that fetched s1 itself
         out["upstream_conns_opened"] = s1["conns_opened"] - s0["conns_opened"] - 1
         out["upstream_requests"] = s1["requests"] - s0["requests"]
@@ -414,25 +411,24 @@ class Bench:
         pids = self.proxies[t].pids()
         base = procs.rss_kib(pids)
         hwm_ok = procs.reset_peak(pids)
-        cpu0 = procs.cpu_seconds(pids)
-        with procs.PeakSampler(pids) as sampler:
+        with procs.CpuAccount(pids, self.upstream.pids()) as cpu, procs.PeakSampler(pids) as peak:
             if direction == "upload":
                 r = self.curl(t, "/upload", upload=self.blob, max_time=a.transfer_timeout)
             else:
                 r = self.curl(t, f"/download?bytes={n}", max_time=a.transfer_timeout)
+        r.update(cpu.result)
         secs = r.get("time_total") or 0
         moved = r.get("upstream_received") if direction == "upload" else r.get("size_download")
         complete = moved == n and r.get("http_code") == 200 and "error" not in r
-        peak = max(sampler.peak_kib, procs.hwm_kib(pids) if hwm_ok else 0)
+        peak_kib = max(peak.peak_kib, procs.hwm_kib(pids) if hwm_ok else 0)
         r.update(
             direction=direction,
             bytes=n,
             complete=complete,
             mb_per_s=(n / secs / 1e6) if complete and secs else None,
             rss_before_mib=base / 1024,
-            peak_rss_mib=peak / 1024,
+            peak_rss_mib=peak_kib / 1024,
             peak_source=("VmHWM after clear_refs, and " if hwm_ok else "") + "20 Hz sampling",
-            proxy_cpu_pct=100 * (procs.cpu_seconds(pids) - cpu0) / secs if secs else None,
         )
         return r
 
@@ -497,8 +493,25 @@ class Bench:
 
     # ---- the run -------------------------------------------------------------------------------
 
+    def wait_quiet(self) -> None:
+        """Record the machine's background load; with --wait-quiet S, wait up to S seconds for it
+        to fall below --quiet-threshold (% of one core) before starting."""
+        a = self.args
+        deadline = time.monotonic() + a.wait_quiet
+        while True:
+            with procs.CpuAccount([], []) as cpu:
+                time.sleep(2)
+            load = cpu.result["other_cpu_pct"] or 0.0
+            if load <= a.quiet_threshold or time.monotonic() >= deadline:
+                break
+            log(f"machine busy with other work ({load:.0f}% of a core); waiting for quiet")
+        self.results["background_cpu_pct_at_start"] = round(load, 1)
+        if load > a.quiet_threshold:
+            log(f"warning: other work is using {load:.0f}% of a core: expect noisy numbers")
+
     def run(self) -> dict[str, Any]:
         try:
+            self.wait_quiet()
             self.setup()
             self.results["machine"] = machine_info(self)
             self.checks()
@@ -513,6 +526,7 @@ class Bench:
         finally:
             for t, p in self.proxies.items():
                 self.results.setdefault("logs", {})[t] = p.log_tail(15)
+                self.results.setdefault("log_lines", {})[t] = count_lines(p.log)
             self.stop_all()
             if self.args.keep:
                 log(f"kept {self.run_dir}")
@@ -520,6 +534,14 @@ class Bench:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
         self.results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         return self.results
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
 
 
 def json_cmd(argv: list[str], timeout: float) -> Run:
@@ -673,13 +695,21 @@ def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
         "req/s",
     )
     if "latency" in sc:
+        rate = s["latency_rate"]
         for q in ("p50", "p99"):
-            direct = med("latency", "direct", f"{q}_ms")
+            add(f"latency at {rate:.0f} req/s: {q}", "latency", f"{q}_ms", "ms", 2)
+        for q in ("p50", "p99"):
+            # each round's proxied value minus the same round's direct value, then the median
+            direct = {r["round"]: r.get(f"{q}_ms") for r in runs_of(res, "latency", "direct")}
             vals: dict[str, float | None] = {}
             for t in TARGETS:
-                v = med("latency", t, f"{q}_ms")
-                vals[t] = v - direct if v is not None and direct is not None else None
-            label = f"added latency at {s['latency_rate']:.0f} req/s: {q}"
+                diffs = [
+                    r[f"{q}_ms"] - direct[r["round"]]
+                    for r in runs_of(res, "latency", t)
+                    if r.get(f"{q}_ms") is not None and direct.get(r["round"]) is not None
+                ]
+                vals[t] = median(diffs)
+            label = f"added latency at {rate:.0f} req/s: {q} (proxied − direct, per round)"
             rows.append({"metric": label, "unit": "ms", "digits": 2, **vals})
     size = transfer_size(s["transfer_bytes"])
     add(f"{size} upload", "upload", "mb_per_s", "MB/s", complete=True)
@@ -738,8 +768,16 @@ def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         "upload": "upload",
         "download": "download",
     }
+
+    def other(rr: list[Run]) -> str:
+        o = median([r.get("other_cpu_pct") for r in rr])
+        st = median([r.get("steal_pct") for r in rr])
+        return "—" if o is None else f"{o:.0f}%" + (f" (steal {st:.0f}%)" if st and st >= 1 else "")
+
     for scen, label in names.items():
         row(f"{label}: proxy CPU (100% = one core)", scen, cpu)
+    for scen, label in names.items():
+        row(f"{label}: CPU used outside the benchmark", scen, other)
     for scen in ("keepalive", "handshake", "latency"):
         row(f"{names[scen]}: upstream connections opened per 1,000 requests", scen, reuse)
     for scen in ("keepalive", "handshake", "latency"):
@@ -808,13 +846,17 @@ def write_docs(res: dict[str, Any], json_path: Path, dest: Path) -> None:
         os=f"{m['os']}, Linux {m['kernel']}",
         headers_mtlsgw=headers("mtlsgw"),
         headers_nginx=headers("nginx"),
-        nocert_mtlsgw=checks["no_client_certificate"]["mtlsgw"]["outcome"],
-        nocert_nginx=checks["no_client_certificate"]["nginx"]["outcome"],
+        nocert_mtlsgw=checks["no_client_certificate"]["mtlsgw"]["outcome"][:90],
+        nocert_nginx=checks["no_client_certificate"]["nginx"]["outcome"][:90],
+        log_lines_mtlsgw=f"{res.get('log_lines', {}).get('mtlsgw', 0):,}",
+        log_lines_nginx=f"{res.get('log_lines', {}).get('nginx', 0):,}",
         expect_mtlsgw=checks["expect_100_continue_2MiB"]["mtlsgw"]["time_total"],
         expect_nginx=checks["expect_100_continue_2MiB"]["nginx"]["time_total"],
         size=transfer_size(s["transfer_bytes"]),
+        background=f"{res.get('background_cpu_pct_at_start', 0):.0f}",
         idle_conns=f"{s['idle_conns']:,}",
-        **{k: v for k, v in m.items() if k not in ("cpu", "os")},
+        **{k: v for k, v in m.items() if k not in ("cpu", "os", "curl")},
+        curl=" ".join(m["curl"].split()[:2]),
     )
     text = (BENCH / "conf/performance.md.in").read_text().format(**values)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -832,12 +874,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--long", action="store_true", help="5 rounds of 30 s runs, 3 idle rounds (~30 minutes)")
     add("--quick", action="store_true", help="smoke test: 1 round of 3 s, 64 MiB, 500 idle")
     add("--rounds", type=int, default=3, help="A B rounds per scenario (3)")
-    add("--duration", type=float, default=8.0, help="seconds per loadgen run (8)")
+    add("--duration", type=float, default=10.0, help="seconds per loadgen run (10)")
     add("--warmup", type=float, default=2.0, help="seconds of warm-up per proxy (2)")
     add("--concurrency", type=int, default=32, help="keep-alive connections (32)")
     add("--handshake-concurrency", type=int, default=16, help="connections at once (16)")
     add("--latency-rate", type=float, default=250.0, help="req/s of the latency runs (250)")
-    add("--latency-duration", type=float, default=8.0, help="seconds per latency run (8)")
+    add("--latency-duration", type=float, default=10.0, help="seconds per latency run (10)")
     add("--latency-conns", type=int, default=8, help="connections of the latency client (8)")
     add("--transfer-bytes", type=int, default=GIB, help="upload/download size (1 GiB)")
     add("--transfer-timeout", type=float, default=120.0, help="seconds per transfer at most (120)")
@@ -845,6 +887,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--idle-rounds", type=int, default=1, help="rounds of the idle scenario (1)")
     add("--idle-settle", type=float, default=3.0, help="seconds before reading RSS (3)")
     add("--idle-hold-max", type=float, default=180.0, help=argparse.SUPPRESS)
+    add("--wait-quiet", type=float, default=0.0, help="seconds to wait for other load to end (0)")
+    add("--quiet-threshold", type=float, default=20.0, help="%% of a core counted as quiet (20)")
     add("--upstream-procs", type=int, default=1, help="GOMAXPROCS of the upstream (1)")
     add("--targets", default=",".join(TARGETS), help="comma list of mtlsgw,nginx (both)")
     add("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {','.join(SCENARIOS)}")
