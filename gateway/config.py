@@ -195,7 +195,7 @@ class _Section:
         except ValueError:
             raise self.location.at(key, raw).error("must be a number of seconds") from None
         if value != value or value < 0 or (value == 0 and not allow_zero) or value > 86400:
-            bound = "0" if allow_zero else "more than 0"
+            bound = "at least 0" if allow_zero else "more than 0"
             raise self.location.at(key, raw).error(f"must be {bound} and at most 86400 seconds")
         return value
 

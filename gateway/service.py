@@ -3,7 +3,8 @@
 :func:`build` turns a config file into a :class:`GatewayService` (raising
 :class:`~gateway.config.ConfigError` for any mistake, before anything listens).
 ``SIGHUP`` reloads TLS material, authorizers, headers and upstream settings; a reload that fails
-validation is logged and the running state is kept. Changing ``listen`` needs a restart.
+validation is logged and the running state is kept. Changing ``listen``, ``idle_timeout`` or
+``handshake_timeout`` needs a restart (a reload says so in the log).
 """
 
 from __future__ import annotations
@@ -102,9 +103,15 @@ class GatewayService(MultiService):
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc))
             return False
-        if new.settings.listen != old.settings.listen:
-            log.warn("reload: listen changed to {listen}; it takes effect on restart",
-                     listen=new.settings.listen)
+        for key, before, after in (
+            ("listen", old.settings.listen, new.settings.listen),
+            ("idle_timeout", old.settings.idle_timeout, new.settings.idle_timeout),
+            ("handshake_timeout", old.settings.tls.handshake_timeout,
+             new.settings.tls.handshake_timeout),
+        ):
+            if before != after:
+                log.warn("reload: {key} changed to {value}; it takes effect on restart",
+                         key=key, value=after)
         self.generation = new
         self.creator.context = new.context
         self.factory.route = new.route

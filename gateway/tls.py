@@ -117,10 +117,7 @@ def _leaf_allows_client_auth(certificate: x509.Certificate) -> bool:
         eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return True  # RFC 5280 §4.2.1.12: no EKU extension means any purpose
-    return any(
-        oid in eku
-        for oid in (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE)
-    )
+    return ExtendedKeyUsageOID.CLIENT_AUTH in eku
 
 
 def verify_callback(
@@ -206,8 +203,8 @@ def build_context(
     if settings.client_auth == "require":
         mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
     context.set_verify(mode, callback)
-    # OpenSSL's depth counts intermediates below the leaf; ours counts the chain the client may
-    # present above the leaf up to and including the trust anchor: the same number nginx takes.
+    # SSL_CTX_set_verify_depth, as nginx's ssl_verify_depth: at most this many intermediate CA
+    # certificates between the leaf and the trust anchor.
     context.set_verify_depth(settings.verify_depth)
     context.set_alpn_select_callback(_select_http11)
     return context
