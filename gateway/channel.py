@@ -2,8 +2,9 @@
 
 :class:`GatewayChannel` is Twisted's HTTP/1.1 server protocol plus what a mutual-TLS front door
 needs per connection: it captures the verified client identity once, when the handshake completes
-(a request never re-reads it from the transport), enforces the handshake timeout, and writes an
-audit line for every handshake that fails, with OpenSSL's verify error and depth.
+(a request never re-reads it from the transport), enforces the handshake and request-head
+limits, and writes an audit line for every handshake that fails, with OpenSSL's verify error and
+depth.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from zope.interface import implementer
 
+from gateway.config import Limits
 from gateway.identity import ClientIdentity, UnsafeNameError
 from gateway.logfmt import clean
 from gateway.tls import handshake_state
@@ -47,12 +49,19 @@ class GatewayChannel(http.HTTPChannel):
     ``identity`` is the :class:`ClientIdentity` of the verified leaf, or ``None`` when the client
     sent no certificate (only possible with ``client_auth = optional``). ``server_name`` is the SNI
     the client sent (``str``) or ``None``.
+
+    On top of Twisted's parser it refuses, with the connection closed afterwards: obs-fold and
+    leading whitespace (400, RFC 9112 §5.2), a request head over ``max_head_size`` bytes or a
+    line over it (431), a head not complete within ``header_timeout`` seconds of its first byte
+    (408). Every refusal, including Twisted's own 400s, is logged.
     """
 
     identity: ClientIdentity | None = None
     server_name: str | None = None
     handshake_done = False
     _handshake_timer: Any = None
+    _head_timer: Any = None
+    _rejected = False
     factory: GatewayHTTPFactory
 
     @property
@@ -62,8 +71,18 @@ class GatewayChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:  # noqa: N802
         super().connectionMade()
-        timeout = self.factory.handshake_timeout
-        self._handshake_timer = self.factory.reactor.callLater(timeout, self._handshake_too_slow)
+        factory = self.factory
+        self.totalHeadersSize = factory.limits.max_head_size
+        self.MAX_LENGTH = factory.limits.max_head_size
+        factory.open_connections += 1
+        if factory.open_connections > factory.limits.max_connections:
+            log.warn("closing connection peer={peer}: max_connections ({limit}) reached",
+                     peer=_peer(self.transport), limit=factory.limits.max_connections)
+            self.handshake_done = True  # logged here
+            self.tls.abortConnection()
+            return
+        self._handshake_timer = factory.reactor.callLater(
+            factory.handshake_timeout, self._handshake_too_slow)
 
     def _handshake_too_slow(self) -> None:
         self._handshake_timer = None
@@ -92,10 +111,74 @@ class GatewayChannel(http.HTTPChannel):
                      error=clean(str(exc)))
             self.tls.abortConnection()
 
+    # -- request heads ----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        # The head timer runs from the first byte of a request head, however slowly it trickles.
+        if self.line_mode and self._head_timer is None and not self._rejected:
+            self._head_timer = self.callLater(
+                self.factory.limits.header_timeout, self._head_too_slow)
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        if line[:1] in (b" ", b"\t"):
+            self.reject(400, "obs-fold-or-leading-whitespace")
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self.reject(431, "request-head-too-large")
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
+        self.reject(431, "request-head-too-large")
+
+    def allHeadersReceived(self) -> None:  # noqa: N802
+        self._cancel_head_timer()
+        super().allHeadersReceived()
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self.reject(408, "request-head-timeout")
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802
+        # Twisted's own framing checks (CL+TE, bad Content-Length or chunk size, NUL, CR or LF in
+        # a header value, bad header name, …) end here.
+        self.reject(400, "malformed-request")
+
+    def reject(self, code: int, reason: str) -> None:
+        """Answer *code* with a short body naming *reason*, log it, and close the connection.
+
+        Used for requests refused before a request object exists or can be trusted: nothing of
+        them reaches the upstream.
+        """
+        if self._rejected:
+            return
+        self._rejected = True
+        self._cancel_head_timer()
+        phrase = http.RESPONSES.get(code, b"Error")
+        body = b"%d %s: %s\n" % (code, phrase, reason.encode("ascii"))
+        self.tls.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, phrase, len(body), body))
+        log.info("request rejected peer={peer} status={status} reason={reason}",
+                 peer=_peer(self.transport), status=code, reason=reason)
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        self.persistent = False
+        self.loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self.factory.open_connections -= 1
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        self._cancel_head_timer()
         if not self.handshake_done:
             self._log_failed_handshake(reason)
         super().connectionLost(reason)
@@ -118,21 +201,23 @@ class GatewayChannel(http.HTTPChannel):
 class GatewayHTTPFactory(http.HTTPFactory):
     """Builds :class:`GatewayChannel` connections whose requests use ``request_factory``.
 
-    ``idle_timeout`` (seconds) closes a connection with no bytes received for that long;
-    ``handshake_timeout`` (seconds) aborts one whose TLS handshake has not completed in time.
-    Twisted's combined-format access log is off: the gateway writes its own line per request.
+    ``limits`` (:class:`~gateway.config.Limits`) bounds connections and request heads;
+    ``handshake_timeout`` (seconds) aborts a connection whose TLS handshake has not completed in
+    time. Twisted's combined-format access log is off: the gateway writes its own line per request.
     """
 
     protocol = GatewayChannel  # type: ignore[assignment]  # HTTP/1.1 only, see buildProtocol
     route: Any  # gateway.proxy.Route; set by the service, replaced on reload
 
     def __init__(
-        self, request_factory: Any, idle_timeout: float, handshake_timeout: float,
+        self, request_factory: Any, limits: Limits, handshake_timeout: float,
         reactor: Any = None,
     ) -> None:
-        super().__init__(timeout=idle_timeout, reactor=reactor)
+        super().__init__(timeout=limits.idle_timeout, reactor=reactor)
         self.request_factory = request_factory
+        self.limits = limits
         self.handshake_timeout = handshake_timeout
+        self.open_connections = 0
 
     def buildProtocol(self, addr: Any) -> GatewayChannel:  # type: ignore[override]  # noqa: N802
         channel = GatewayChannel()

@@ -104,12 +104,23 @@ class UpstreamSettings:
 
 
 @attrs.frozen
+class Limits:
+    """Per-connection and per-request limits of the listener (``[gateway]``)."""
+
+    idle_timeout: float  # seconds a keep-alive connection may sit idle
+    header_timeout: float  # seconds from a request's first byte to the end of its head (408)
+    max_head_size: int  # bytes of request line + headers (431)
+    max_body_size: int  # bytes of request body, 0 = unlimited (413)
+    max_connections: int  # open client connections; more are closed at once
+
+
+@attrs.frozen
 class GatewaySettings:
     """Everything the gateway needs, validated. Built by :func:`load`."""
 
     path: Path
     listen: str
-    idle_timeout: float  # seconds a keep-alive connection may sit idle
+    limits: Limits
     upstream: UpstreamSettings
     tls: TLSSettings
     policy: str  # "any" | "all"
@@ -121,6 +132,10 @@ _GATEWAY_KEYS = {
     "listen",
     "upstream",
     "idle_timeout",
+    "header_timeout",
+    "max_head_size",
+    "max_body_size",
+    "max_connections",
     "upstream_pool_size",
     "upstream_connect_timeout",
     "upstream_response_timeout",
@@ -413,7 +428,13 @@ def load(path: str | Path) -> GatewaySettings:
     return GatewaySettings(
         path=path,
         listen=_endpoint(gateway),
-        idle_timeout=gateway.seconds("idle_timeout", 60.0),
+        limits=Limits(
+            idle_timeout=gateway.seconds("idle_timeout", 60.0),
+            header_timeout=gateway.seconds("header_timeout", 10.0),
+            max_head_size=gateway.integer("max_head_size", 16384, 1024, 1 << 20),
+            max_body_size=gateway.integer("max_body_size", 0, 0, 1 << 50),
+            max_connections=gateway.integer("max_connections", 10000, 1, 1_000_000),
+        ),
         upstream=_upstream(gateway),
         tls=_tls(sections["tls"], base),
         policy=policy,

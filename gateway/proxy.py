@@ -39,6 +39,7 @@ from gateway.channel import GatewayChannel
 from gateway.config import HeaderSettings
 from gateway.headers import upstream_request_headers, without_hop_by_hop
 from gateway.logfmt import clean
+from gateway.target import check_request
 from gateway.upstream import Upstream
 
 access_log = Logger(namespace="mtlsgw.access")
@@ -168,6 +169,8 @@ class Exchange:
         self.started = time.monotonic()
         self.body = StreamingBody(length, self.channel.tls) if length != 0 else None
         self.body_complete = length == 0
+        self.length = length
+        self.received_bytes = 0
         self.decision: Decision | None = None
         self.upstream_status: int | str = "-"
         self.finished = False
@@ -187,8 +190,13 @@ class Exchange:
 
     def start(self) -> None:
         request = self.request
-        if not request.uri.startswith(b"/"):
-            self.respond_locally(400, "request-target-not-origin-form")
+        problem = check_request(request.uri, request.clientproto,
+                                request.requestHeaders.getRawHeaders(b"host"),
+                                self.channel.server_name)
+        if problem is not None:
+            self.respond_locally(*problem)
+            return
+        if self.too_large(self.length):
             return
         info = RequestInfo(
             method=request.method.decode("latin-1"),
@@ -199,7 +207,25 @@ class Exchange:
         )
         self.route.policy.decide(self.channel.identity, info).addCallback(self._decided)
 
+    def too_large(self, size: int | None) -> bool:
+        """Refuse with 413 when *size* bytes of body exceed ``max_body_size``."""
+        limit = self.channel.factory.limits.max_body_size
+        if not limit or size is None or size <= limit or self.finished:
+            return False
+        if self.request.startedWriting:  # the upstream already answered: cannot send a 413
+            self._abort_client("request body over max_body_size after the response started")
+        else:
+            self.respond_locally(413, "request-body-too-large")
+        return True
+
     def body_received(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.received_bytes += len(data)
+        if self.too_large(self.received_bytes):
+            if self._upstream is not None:
+                self._upstream.cancel()  # the upstream must not take a truncated body
+            return
         if self.body is not None:
             self.body.received(data)
 
@@ -215,11 +241,14 @@ class Exchange:
 
     def _decided(self, decision: Decision) -> None:
         self.decision = decision
-        if self.client_gone:
+        if self.client_gone or self.finished:
             return
         if not decision.allowed:
             self.respond_locally(403, decision.reason)
             return
+        if self.request.expects_continue and not self.body_complete:
+            # RFC 9110 §10.1.1: only now, allowed, may the client send its body.
+            self.channel.tls.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request = self.request
         upstream = self.route.upstream
         headers = upstream_request_headers(
@@ -288,9 +317,12 @@ class Exchange:
                 self._stop_reading_client()
                 self._finish()
             return
-        access_log.warn(
-            "upstream broke mid-response peer={peer} error={error}; aborting client connection",
-            peer=_client_ip(self.request), error=clean(_failure_text(reason)))
+        self._abort_client(f"upstream broke mid-response: {_failure_text(reason)}")
+
+    def _abort_client(self, why: str) -> None:
+        """Abort the client connection: the response cannot be completed truthfully."""
+        access_log.warn("aborting client connection peer={peer}: {why}",
+                        peer=_client_ip(self.request), why=clean(why))
         self.upstream_status = f"{self.upstream_status}-aborted"
         self._log_access()
         self.finished = True
@@ -298,7 +330,7 @@ class Exchange:
 
     def _upstream_failed(self, failure: Failure) -> None:
         self._cancel_timer()
-        if self.client_gone:
+        if self.client_gone or self.finished:
             return
         if self._timed_out:
             self.upstream_status = "timeout"
@@ -315,6 +347,8 @@ class Exchange:
     def respond_locally(self, code: int, reason: str) -> None:
         """Answer the client from the gateway itself: status *code*, a short text body naming
         *reason*. If the request body is still arriving, the connection closes after this."""
+        if self.finished:
+            return
         request = self.request
         phrase = http.RESPONSES.get(code, b"").decode("ascii")
         body = f"{code} {phrase}: {clean(reason)}\n".encode()
@@ -375,7 +409,7 @@ class Exchange:
             decision=("allow" if decision.allowed else "deny") if decision else "-",
             reason=clean(decision.reason) if decision else "-",
             authorizer=clean(decision.authorizer or "-") if decision else "-",
-            status=request.code,
+            status=request.code if request.startedWriting else "-",
             upstream_status=self.upstream_status,
             duration=(time.monotonic() - self.started) * 1000,
         )
@@ -391,6 +425,7 @@ class ProxyRequest(http.Request):
 
     defaultContentType = None  # noqa: N815  (Twisted) never invent a Content-Type the upstream did not send
     exchange: Exchange | None = None
+    expects_continue = False
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802
         self.content = io.BytesIO()  # Twisted's requestReceived expects a file; never filled
@@ -401,6 +436,12 @@ class ProxyRequest(http.Request):
         self.uri = channel._path
         self.clientproto = channel._version
         self.path = self.uri.split(b"?", 1)[0]
+        # Answer Expect: 100-continue ourselves, after authorization (Twisted would answer it as
+        # soon as this method returns, before any decision).
+        expect = self.requestHeaders.getRawHeaders(b"expect") or []
+        self.requestHeaders.removeHeader(b"expect")
+        self.expects_continue = self.clientproto == b"HTTP/1.1" and any(
+            value.strip().lower() == b"100-continue" for value in expect)
         self.exchange = Exchange(self, channel.factory.route, length)
         self.exchange.start()
 

@@ -3,8 +3,8 @@
 :func:`build` turns a config file into a :class:`GatewayService` (raising
 :class:`~gateway.config.ConfigError` for any mistake, before anything listens).
 ``SIGHUP`` reloads TLS material, authorizers, headers and upstream settings; a reload that fails
-validation is logged and the running state is kept. Changing ``listen``, ``idle_timeout`` or
-``handshake_timeout`` needs a restart (a reload says so in the log).
+validation is logged and the running state is kept. Changing ``listen``, ``handshake_timeout`` or
+the limits in ``[gateway]`` needs a restart (a reload says so in the log).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class GatewayService(MultiService):
         settings = generation.settings
         self.creator = ServerConnectionCreator(generation.context)
         self.factory = GatewayHTTPFactory(
-            ProxyRequest, settings.idle_timeout, settings.tls.handshake_timeout, reactor)
+            ProxyRequest, settings.limits, settings.tls.handshake_timeout, reactor)
         self.factory.route = generation.route
         endpoint = wrapServerTLS(self.creator, serverFromString(reactor, settings.listen))
         listener = StreamServerEndpointService(endpoint, self.factory)
@@ -105,7 +105,15 @@ class GatewayService(MultiService):
             return False
         for key, before, after in (
             ("listen", old.settings.listen, new.settings.listen),
-            ("idle_timeout", old.settings.idle_timeout, new.settings.idle_timeout),
+            ("idle_timeout", old.settings.limits.idle_timeout, new.settings.limits.idle_timeout),
+            ("header_timeout", old.settings.limits.header_timeout,
+             new.settings.limits.header_timeout),
+            ("max_head_size", old.settings.limits.max_head_size,
+             new.settings.limits.max_head_size),
+            ("max_body_size", old.settings.limits.max_body_size,
+             new.settings.limits.max_body_size),
+            ("max_connections", old.settings.limits.max_connections,
+             new.settings.limits.max_connections),
             ("handshake_timeout", old.settings.tls.handshake_timeout,
              new.settings.tls.handshake_timeout),
         ):

@@ -88,7 +88,7 @@ def test_minimal_config_loads_with_defaults(tmp_path: Path) -> None:
     settings = load(write_config(tmp_path, minimal()))
     assert settings.path == tmp_path / "gw.ini"
     assert settings.listen == "tcp:8443"
-    assert settings.idle_timeout == 60.0
+    assert settings.limits.idle_timeout == 60.0
     assert (settings.upstream.scheme, settings.upstream.host, settings.upstream.port) == (
         "http", "127.0.0.1", 8080)
     assert settings.upstream.base_path == ""
@@ -177,6 +177,10 @@ def test_an_authorizer_section_that_is_not_listed_is_ignored(tmp_path: Path) -> 
         ("tls", "handshake_timeout", "2.5", "handshake_timeout", 2.5),
         ("authorize", "policy", "ALL", "policy", "all"),
         ("gateway", "idle_timeout", "0.5", "idle_timeout", 0.5),
+        ("gateway", "header_timeout", "3", "header_timeout", 3.0),
+        ("gateway", "max_head_size", "8192", "max_head_size", 8192),
+        ("gateway", "max_body_size", "1048576", "max_body_size", 1048576),
+        ("gateway", "max_connections", "5", "max_connections", 5),
         ("headers", "prefix", "X-SSL-", "prefix", "X-SSL-"),
         ("headers", "forward_certificate", "yes", "forward_certificate", True),
         ("headers", "forward_certificate", "On", "forward_certificate", True),
@@ -189,7 +193,8 @@ def test_values_are_parsed(
     tmp_path: Path, section: str, key: str, raw: str, attribute: str, expected: object
 ) -> None:
     settings = load(write_config(tmp_path, changed({(section, key): raw})))
-    holder = {"tls": settings.tls, "headers": settings.headers}.get(section, settings)
+    holder = {"tls": settings.tls, "headers": settings.headers,
+              "gateway": settings.limits}.get(section, settings)
     assert getattr(holder, attribute) == expected
 
 

@@ -131,7 +131,7 @@ def test_example_values_are_the_defaults(tmp_path: Path, pki: DevPKI) -> None:
     minimal = tmp_path / "minimal.ini"
     minimal.write_text("\n".join(kept) + "\n", encoding="utf-8")
     defaults = config.load(minimal)
-    assert example.idle_timeout == defaults.idle_timeout
+    assert example.limits == defaults.limits
     assert example.upstream == defaults.upstream
     assert attrs.evolve(example.tls, location=None) == attrs.evolve(defaults.tls, location=None)
     assert example.policy == defaults.policy

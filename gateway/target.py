@@ -1,0 +1,47 @@
+"""Is this request addressed to us? Request-target form and ``Host`` checks, pure.
+
+:func:`check_request` returns ``None`` for a request the gateway may handle, or the status and
+reason id to refuse it with:
+
+* 400 ``request-target-not-origin-form`` — a reverse proxy takes ``/path?query`` only
+  (RFC 9112 §3.2.1); absolute-form, authority-form and ``*`` are refused;
+* 400 ``missing-host`` / ``multiple-host-headers`` / ``invalid-host`` — RFC 9112 §3.2: an
+  HTTP/1.1 request has exactly one ``Host``, a valid ``uri-host [ ":" port ]`` (RFC 3986 §3.2.2);
+* 421 ``misdirected-request`` — the ``Host`` names another server than the TLS server name
+  (SNI) the client connected with (RFC 9110 §15.5.20); compared case-insensitively, without port
+  or trailing dot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_HOST = re.compile(
+    rb"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._~!$&'()*+,;=%-]+))(?::[0-9]{1,5})?$")
+
+
+def host_name(host: bytes) -> str:
+    """The name part of a valid ``Host`` value: lower case, no port, no trailing dot."""
+    match = _HOST.match(host)
+    assert match is not None
+    name = match.group("ip6") or match.group("name")
+    return name.decode("ascii").lower().rstrip(".")
+
+
+def check_request(
+    target: bytes, version: bytes, hosts: Sequence[bytes] | None, server_name: str | None
+) -> tuple[int, str] | None:
+    """Check one request head; see the module docstring for the answers."""
+    if not target.startswith(b"/"):
+        return 400, "request-target-not-origin-form"
+    hosts = hosts or []
+    if len(hosts) > 1:
+        return 400, "multiple-host-headers"
+    if not hosts:
+        return (400, "missing-host") if version == b"HTTP/1.1" else None
+    if not _HOST.match(hosts[0]):
+        return 400, "invalid-host"
+    if server_name is not None and host_name(hosts[0]) != server_name.lower().rstrip("."):
+        return 421, "misdirected-request"
+    return None
