@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL import SSL
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -64,9 +65,14 @@ class GatewayChannel(http.HTTPChannel):
     _rejected = False
     factory: GatewayHTTPFactory
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._on_lost: list[Deferred[None]] = []
+
     @property
     def tls(self) -> Any:
-        """The TLS transport (``TLSMemoryBIOProtocol``): ``getHandle()`` is the SSL.Connection."""
+        """The transport: TLS (``TLSMemoryBIOProtocol``, ``getHandle()`` is the SSL.Connection)
+        on a TLS listener, TCP or UNIX on a plain one."""
         return self.transport
 
     def connectionMade(self) -> None:  # noqa: N802
@@ -74,12 +80,15 @@ class GatewayChannel(http.HTTPChannel):
         factory = self.factory
         self.totalHeadersSize = factory.limits.max_head_size
         self.MAX_LENGTH = factory.limits.max_head_size
-        factory.open_connections += 1
-        if factory.open_connections > factory.limits.max_connections:
+        factory.channels.add(self)
+        if len(factory.channels) > factory.limits.max_connections:
             log.warn("closing connection peer={peer}: max_connections ({limit}) reached",
                      peer=_peer(self.transport), limit=factory.limits.max_connections)
             self.handshake_done = True  # logged here
             self.tls.abortConnection()
+            return
+        if not factory.tls:
+            self.handshake_done = True  # a plain (egress) listener: no handshake, no identity
             return
         self._handshake_timer = factory.reactor.callLater(
             factory.handshake_timeout, self._handshake_too_slow)
@@ -173,8 +182,21 @@ class GatewayChannel(http.HTTPChannel):
         self.persistent = False
         self.loseConnection()
 
+    def drain(self) -> Deferred[None]:
+        """Shutting down: close now if idle, else after the response in flight. The Deferred
+        fires when the connection is gone."""
+        gone: Deferred[None] = Deferred()
+        self._on_lost.append(gone)
+        self.persistent = False
+        if not self.requests:
+            self.loseConnection()
+        return gone
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        self.factory.open_connections -= 1
+        self.factory.channels.discard(self)
+        for waiting in self._on_lost:
+            waiting.callback(None)
+        self._on_lost = []
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -201,23 +223,26 @@ class GatewayChannel(http.HTTPChannel):
 class GatewayHTTPFactory(http.HTTPFactory):
     """Builds :class:`GatewayChannel` connections whose requests use ``request_factory``.
 
-    ``limits`` (:class:`~gateway.config.Limits`) bounds connections and request heads;
-    ``handshake_timeout`` (seconds) aborts a connection whose TLS handshake has not completed in
-    time. Twisted's combined-format access log is off: the gateway writes its own line per request.
+    One per listener. ``tls`` says whether the listener is wrapped in TLS (``False``: a plain
+    egress listener). ``limits`` (:class:`~gateway.config.Limits`) bounds connections and request
+    heads; ``handshake_timeout`` (seconds) aborts a connection whose TLS handshake has not
+    completed in time. Twisted's combined-format access log is off: the gateway writes its own
+    line per request.
     """
 
     protocol = GatewayChannel  # type: ignore[assignment]  # HTTP/1.1 only, see buildProtocol
-    route: Any  # gateway.proxy.Route; set by the service, replaced on reload
+    routes: Any  # gateway.routes.RouteTable of gateway.proxy.Route; replaced on reload
 
     def __init__(
-        self, request_factory: Any, limits: Limits, handshake_timeout: float,
+        self, request_factory: Any, limits: Limits, handshake_timeout: float, tls: bool = True,
         reactor: Any = None,
     ) -> None:
         super().__init__(timeout=limits.idle_timeout, reactor=reactor)
+        self.tls = tls
         self.request_factory = request_factory
         self.limits = limits
         self.handshake_timeout = handshake_timeout
-        self.open_connections = 0
+        self.channels: set[GatewayChannel] = set()  # open connections
 
     def buildProtocol(self, addr: Any) -> GatewayChannel:  # type: ignore[override]  # noqa: N802
         channel = GatewayChannel()

@@ -43,13 +43,19 @@ def _check_config(args: argparse.Namespace) -> int:
     from gateway.service import validate
 
     try:
-        settings, _, policy = validate(args.file)
+        checked = validate(args.file)
     except ConfigError as exc:
         print(f"mtlsgw: {exc}", file=sys.stderr)
         return 1
-    names = ", ".join(a.name for a in policy.authorizers)
-    print(f"{settings.path}: OK (listen {settings.listen}, upstream {settings.upstream.url}, "
-          f"authorizers {names}, policy {settings.policy})")
+    settings = checked.settings
+    print(f"{settings.path}: OK")
+    for listener in settings.listeners:
+        print(f"  listener {listener.name}: {listener.listen} "
+              f"({'mTLS' if listener.tls else 'plain HTTP'})")
+    for route in settings.routes:
+        names = ", ".join(a.name for a in route.authorizers) or "-"
+        print(f"  route {route.name}: {route.listener} {route.host or '*'}{route.prefix} -> "
+              f"{route.upstream.url} (policy {route.policy}: {names})")
     return 0
 
 

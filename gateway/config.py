@@ -13,9 +13,11 @@ parse). The authorizer sections are validated by the authorizer types themselves
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -101,6 +103,11 @@ class UpstreamSettings:
     pool_size: int  # persistent connections kept per upstream
     connect_timeout: float  # seconds
     response_timeout: float  # seconds to wait for the response head; 0 = no limit
+    ca: Path | None  # trust anchors for an https upstream; None = the system store
+    certificate: Path | None  # client certificate the gateway presents (mTLS upstream)
+    private_key: Path | None
+    server_name: str | None  # SNI and the name checked in the upstream's certificate
+    host_header: str  # "client" | "upstream" | a literal Host value
 
 
 @attrs.frozen
@@ -112,6 +119,40 @@ class Limits:
     max_head_size: int  # bytes of request line + headers (431)
     max_body_size: int  # bytes of request body, 0 = unlimited (413)
     max_connections: int  # open client connections; more are closed at once
+    drain_timeout: float  # seconds in-flight requests get to finish on SIGTERM
+
+
+@attrs.frozen
+class ListenerSettings:
+    """Where the gateway accepts connections: ``[gateway]`` (named ``main``) or
+    ``[listener:NAME]``. ``tls`` off means plain HTTP (egress mode), loopback only unless
+    ``allow_non_loopback`` was set."""
+
+    name: str
+    listen: str
+    tls: bool
+    location: Location
+
+
+@attrs.frozen
+class RouteSettings:
+    """Which requests go where: ``[route:NAME]``, or ``default`` from ``[gateway] upstream``.
+
+    A request on ``listener`` whose path starts with ``prefix`` (and whose Host is ``host``, when
+    set) takes this route; the longest prefix wins. ``policy`` is ``any``, ``all``, or ``open``
+    (no authorization: routes on a plain listener without authorizers).
+    """
+
+    name: str
+    listener: str
+    prefix: str
+    host: str | None
+    strip_prefix: bool
+    upstream: UpstreamSettings
+    policy: str
+    authorizers: tuple[AuthorizerSection, ...]
+    headers: HeaderSettings
+    location: Location
 
 
 @attrs.frozen
@@ -119,26 +160,40 @@ class GatewaySettings:
     """Everything the gateway needs, validated. Built by :func:`load`."""
 
     path: Path
-    listen: str
     limits: Limits
-    upstream: UpstreamSettings
-    tls: TLSSettings
-    policy: str  # "any" | "all"
-    authorizers: tuple[AuthorizerSection, ...]
-    headers: HeaderSettings
+    tls: TLSSettings | None  # None when no listener uses TLS
+    listeners: tuple[ListenerSettings, ...]  # "main" first
+    routes: tuple[RouteSettings, ...]
+
+    @property
+    def listen(self) -> str:
+        """The main listener's endpoint description."""
+        return self.listeners[0].listen
 
 
-_GATEWAY_KEYS = {
-    "listen",
+_UPSTREAM_KEYS = {
     "upstream",
+    "upstream_pool_size",
+    "upstream_connect_timeout",
+    "upstream_response_timeout",
+    "upstream_ca",
+    "upstream_certificate",
+    "upstream_private_key",
+    "upstream_server_name",
+    "host_header",
+}
+_LISTENER_KEYS = {"listen", "tls", "allow_non_loopback"}
+_ROUTE_KEYS = _UPSTREAM_KEYS | {
+    "listener", "prefix", "host", "strip_prefix", "policy", "authorizers", "header_prefix",
+    "forward_certificate",
+}
+_GATEWAY_KEYS = _UPSTREAM_KEYS | _LISTENER_KEYS | {
     "idle_timeout",
     "header_timeout",
     "max_head_size",
     "max_body_size",
     "max_connections",
-    "upstream_pool_size",
-    "upstream_connect_timeout",
-    "upstream_response_timeout",
+    "drain_timeout",
 }
 _TLS_KEYS = {
     "certificate",
@@ -158,7 +213,7 @@ _FIXED_SECTIONS = {
     "authorize": _AUTHORIZE_KEYS,
     "headers": _HEADERS_KEYS,
 }
-_REQUIRED = {"gateway": ("listen", "upstream"), "tls": ("certificate", "private_key", "client_ca")}
+_PATTERN_SECTIONS = ("authorizer", "route", "listener")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
@@ -170,10 +225,10 @@ class _Section:
 
     def __init__(self, path: Path, name: str, values: Mapping[str, str]) -> None:
         self.location = Location(path, name)
-        self._values = values
+        self.values = values
 
     def get(self, key: str, default: str | None = None) -> str | None:
-        value = self._values.get(key)
+        value = self.values.get(key)
         if value is None or value == "":
             return default
         return value
@@ -276,20 +331,37 @@ def _check_keys(section: _Section, values: Mapping[str, str], known: set[str]) -
                 f"unknown key (known keys: {', '.join(sorted(known))})")
 
 
-def _endpoint(section: _Section) -> str:
+def _listener(section: _Section, name: str) -> ListenerSettings:
     raw = section.require("listen")
+    loc = section.location.at("listen", raw)
     # Parse now, without a reactor, so a typo fails at start with our one-line message.
     from twisted.internet.endpoints import _parseServer
 
     try:
-        _parseServer(raw, None)
+        kind, _args, kwargs = _parseServer(raw, None)
     except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
-        raise section.location.at("listen", raw).error(
-            f"not a Twisted server endpoint description ({exc!s})") from None
-    return raw
+        raise loc.error(f"not a Twisted server endpoint description ({exc!s})") from None
+    tls = section.boolean("tls", True)
+    exposed = not tls and not section.boolean("allow_non_loopback", False)
+    if exposed and not _loopback_only(str(kind), kwargs):
+        raise loc.error(
+            "a listener with tls = off must listen on loopback (interface=127.0.0.1 or ::1)"
+            " or a unix socket; set allow_non_loopback = yes to override")
+    return ListenerSettings(name, raw, tls, section.location)
 
 
-def _upstream(section: _Section) -> UpstreamSettings:
+def _loopback_only(kind: str, kwargs: Mapping[str, object]) -> bool:
+    if kind.lower() == "unix":
+        return True
+    if kind.lower() not in ("tcp", "tcp6"):
+        return False  # systemd:, ssl:, … : cannot tell
+    try:
+        return ipaddress.ip_address(str(kwargs.get("interface", ""))).is_loopback
+    except ValueError:
+        return False
+
+
+def _upstream(section: _Section, base: Path) -> UpstreamSettings:
     raw = section.require("upstream")
     loc = section.location.at("upstream", raw)
     try:
@@ -316,7 +388,39 @@ def _upstream(section: _Section) -> UpstreamSettings:
         pool_size=section.integer("upstream_pool_size", 32, 1, 10000),
         connect_timeout=section.seconds("upstream_connect_timeout", 5.0),
         response_timeout=section.seconds("upstream_response_timeout", 60.0, allow_zero=True),
+        **_upstream_tls(section, base, parts.scheme),
     )
+
+
+def _upstream_tls(section: _Section, base: Path, scheme: str) -> dict[str, Any]:
+    tls_keys = ("upstream_ca", "upstream_certificate", "upstream_private_key",
+                "upstream_server_name")
+    if scheme != "https":
+        for key in tls_keys:
+            if section.get(key) is not None:
+                raise section.location.at(key, section.get(key)).error(
+                    "only meaningful for an https:// upstream")
+    certificate = section.readable_file("upstream_certificate", base, required=False)
+    private_key = section.readable_file("upstream_private_key", base, required=False)
+    if (certificate is None) != (private_key is None):
+        key = "upstream_private_key" if private_key is None else "upstream_certificate"
+        raise section.location.at(key).error(
+            "give both upstream_certificate and upstream_private_key, or neither")
+    host_header = section.get("host_header", "client")
+    assert host_header is not None
+    if host_header.lower() in ("client", "upstream"):
+        host_header = host_header.lower()
+    elif not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?",
+                          host_header):
+        raise section.location.at("host_header", host_header).error(
+            "must be client, upstream, or a host[:port] value")
+    return {
+        "ca": section.readable_file("upstream_ca", base, required=False),
+        "certificate": certificate,
+        "private_key": private_key,
+        "server_name": section.get("upstream_server_name"),
+        "host_header": host_header,
+    }
 
 
 def _tls(section: _Section, base: Path) -> TLSSettings:
@@ -346,54 +450,101 @@ def _min_version(section: _Section) -> str:
     return canonical
 
 
-def _headers(section: _Section) -> HeaderSettings:
-    prefix = section.get("prefix", "X-Client-")
+def _headers(section: _Section, key: str = "prefix",
+             defaults: HeaderSettings | None = None) -> HeaderSettings:
+    prefix = section.get(key, defaults.prefix if defaults else "X-Client-")
     assert prefix is not None
     if not _TOKEN.match(prefix):
-        raise section.location.at("prefix", prefix).error(
+        raise section.location.at(key, prefix).error(
             "must be a header-name prefix made of token characters (RFC 9110 §5.6.2)")
     return HeaderSettings(
         prefix=prefix,
-        forward_certificate=section.boolean("forward_certificate", False),
+        forward_certificate=section.boolean(
+            "forward_certificate", defaults.forward_certificate if defaults else False),
     )
 
 
-def _authorizers(
-    parser: configparser.ConfigParser, path: Path, authorize: _Section
-) -> tuple[str, tuple[AuthorizerSection, ...]]:
-    policy = authorize.choice("policy", "any", ("any", "all"))
-    listed_raw = authorize.require("authorizers")
-    listed = parse_list(listed_raw)
-    if not listed:
-        raise authorize.location.at("authorizers", listed_raw).error(
-            "list at least one authorizer")
-    defined: dict[str, str] = {}
+def _defined_authorizers(
+    parser: configparser.ConfigParser, path: Path
+) -> dict[str, AuthorizerSection]:
+    defined: dict[str, AuthorizerSection] = {}
     for section_name in parser.sections():
         if not section_name.startswith("authorizer:"):
             continue
-        key = section_name.split(":", 1)[1].strip()
-        if key in defined:
+        name = section_name.split(":", 1)[1].strip()
+        if name in defined:
             raise ConfigError(
-                f"{path}: [{section_name}]: authorizer {key!r} is already defined by "
-                f"[{defined[key]}]")
-        defined[key] = section_name
-    seen: set[str] = set()
-    sections: list[AuthorizerSection] = []
-    for name in listed:
-        if name in seen:
-            raise authorize.location.at("authorizers", listed_raw).error(
-                f"authorizer {name!r} is listed twice")
-        seen.add(name)
-        if name not in defined:
-            raise authorize.location.at("authorizers", listed_raw).error(
-                f"authorizer {name!r} is listed but there is no [authorizer:{name}] section")
-        values = dict(parser.items(defined[name]))
-        loc = Location(path, defined[name])
+                f"{path}: [{section_name}]: authorizer {name!r} is already defined by "
+                f"[{defined[name].location.section}]")
+        values = dict(parser.items(section_name))
+        loc = Location(path, section_name)
         kind = values.pop("type", "")
         if not kind:
             raise loc.at("type").error("required key is missing or empty")
-        sections.append(AuthorizerSection(name, kind, values, loc))
-    return policy, tuple(sections)
+        defined[name] = AuthorizerSection(name, kind, values, loc)
+    return defined
+
+
+def _authorizer_list(
+    section: _Section, defined: Mapping[str, AuthorizerSection]
+) -> tuple[AuthorizerSection, ...]:
+    listed_raw = section.require("authorizers")
+    listed = parse_list(listed_raw)
+    if not listed:
+        raise section.location.at("authorizers", listed_raw).error(
+            "list at least one authorizer")
+    if len(set(listed)) != len(listed):
+        twice = next(name for name in listed if listed.count(name) > 1)
+        raise section.location.at("authorizers", listed_raw).error(
+            f"authorizer {twice!r} is listed twice")
+    for name in listed:
+        if name not in defined:
+            raise section.location.at("authorizers", listed_raw).error(
+                f"authorizer {name!r} is listed but there is no [authorizer:{name}] section")
+    return tuple(defined[name] for name in listed)
+
+
+def _route(
+    name: str, section: _Section, base: Path, listeners: Mapping[str, ListenerSettings],
+    authorize: _Section, defined: Mapping[str, AuthorizerSection], headers: HeaderSettings,
+) -> RouteSettings:
+    listener = section.get("listener", "main")
+    assert listener is not None
+    if listener not in listeners:
+        raise section.location.at("listener", listener).error(
+            f"no such listener (known: {', '.join(listeners)})")
+    prefix = section.get("prefix", "/")
+    assert prefix is not None
+    if not prefix.startswith("/") or any(ord(ch) <= 0x20 or ord(ch) >= 0x7F for ch in prefix):
+        raise section.location.at("prefix", prefix).error(
+            "must be a path starting with / (printable ASCII, no spaces)")
+    host = section.get("host")
+    if host is not None and not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise section.location.at("host", host).error("must be a host name without port")
+    if section.get("authorizers") is not None:
+        authorizers = _authorizer_list(section, defined)
+        policy = section.choice("policy", "any", ("any", "all"))
+    elif listeners[listener].tls:
+        if authorize.get("authorizers") is None:
+            where = "" if name == "default" else f" (or authorizers in [route:{name}])"
+            raise authorize.location.at("authorizers").error(
+                f"required key is missing or empty{where}")
+        authorizers = _authorizer_list(authorize, defined)
+        policy = authorize.choice("policy", "any", ("any", "all"))
+    else:
+        authorizers, policy = (), "open"  # a plain loopback listener: no identity to check
+    return RouteSettings(
+        name=name,
+        listener=listener,
+        prefix=prefix,
+        host=host.lower().rstrip(".") if host else None,
+        strip_prefix=section.boolean("strip_prefix", False),
+        upstream=_upstream(section, base),
+        policy=policy,
+        authorizers=authorizers,
+        headers=_headers(section, "header_prefix", headers),
+        location=section.location,
+    )
 
 
 def load(path: str | Path) -> GatewaySettings:
@@ -402,42 +553,75 @@ def load(path: str | Path) -> GatewaySettings:
     Relative file paths inside the file resolve against the file's folder. Returns a
     :class:`GatewaySettings`; raises :class:`ConfigError` (one-line message naming file, section,
     key and value) on any mistake: missing or unreadable file, unknown section or key, bad value,
-    an authorizer listed but not defined.
+    an authorizer or listener referred to but not defined, two routes for the same prefix.
     """
     path = Path(path).expanduser().absolute()
     parser = _read(path)
     base = path.parent
+    patterned: dict[str, list[tuple[str, _Section]]] = {kind: [] for kind in _PATTERN_SECTIONS}
     for name in parser.sections():
         if name in _FIXED_SECTIONS:
             continue
-        if name.startswith("authorizer:") and _NAME.match(name.split(":", 1)[1].strip()):
+        kind, _, label = name.partition(":")
+        if kind in patterned and _NAME.match(label.strip()):
+            patterned[kind].append((label.strip(), _Section(path, name, dict(parser.items(name)))))
             continue
         raise ConfigError(
             f"{path}: [{name}]: unknown section (known: [gateway], [tls], [authorize], "
-            "[headers], [authorizer:NAME])")
+            "[headers], [authorizer:NAME], [route:NAME], [listener:NAME])")
     sections = {}
     for name, known in _FIXED_SECTIONS.items():
         values = dict(parser.items(name)) if parser.has_section(name) else {}
         section = _Section(path, name, values)
-        if not parser.has_section(name) and name in _REQUIRED:
+        if not parser.has_section(name) and name == "gateway":
             raise ConfigError(f"{path}: [{name}]: required section is missing")
         _check_keys(section, values, known)
         sections[name] = section
     gateway = sections["gateway"]
-    policy, authorizers = _authorizers(parser, path, sections["authorize"])
+
+    listeners = {"main": _listener(gateway, "main")}
+    for label, section in patterned["listener"]:
+        _check_keys(section, section.values, _LISTENER_KEYS)
+        if label in listeners:
+            raise ConfigError(f"{path}: [listener:{label}]: the name {label!r} is taken")
+        listeners[label] = _listener(section, label)
+    tls = None
+    if any(listener.tls for listener in listeners.values()):
+        if not parser.has_section("tls"):
+            raise ConfigError(f"{path}: [tls]: required section is missing")
+        tls = _tls(sections["tls"], base)
+
+    defined = _defined_authorizers(parser, path)
+    headers = _headers(sections["headers"])
+    routes = []
+    if gateway.get("upstream") is not None:
+        routes.append(_route("default", gateway, base, listeners, sections["authorize"],
+                             defined, headers))
+    for label, section in patterned["route"]:
+        _check_keys(section, section.values, _ROUTE_KEYS)
+        routes.append(_route(label, section, base, listeners, sections["authorize"], defined,
+                             headers))
+    if not routes:
+        raise gateway.location.at("upstream").error(
+            "required key is missing or empty (or define [route:NAME] sections)")
+    seen: dict[tuple[str, str | None, str], str] = {}
+    for route in routes:
+        key = (route.listener, route.host, route.prefix)
+        if key in seen:
+            raise route.location.at("prefix", route.prefix).error(
+                f"same listener, host and prefix as route {seen[key]!r}")
+        seen[key] = route.name
     return GatewaySettings(
         path=path,
-        listen=_endpoint(gateway),
         limits=Limits(
             idle_timeout=gateway.seconds("idle_timeout", 60.0),
             header_timeout=gateway.seconds("header_timeout", 10.0),
             max_head_size=gateway.integer("max_head_size", 16384, 1024, 1 << 20),
             max_body_size=gateway.integer("max_body_size", 0, 0, 1 << 50),
             max_connections=gateway.integer("max_connections", 10000, 1, 1_000_000),
+            drain_timeout=gateway.seconds("drain_timeout", 10.0, allow_zero=True),
         ),
-        upstream=_upstream(gateway),
-        tls=_tls(sections["tls"], base),
-        policy=policy,
-        authorizers=authorizers,
-        headers=_headers(sections["headers"]),
+        tls=tls,
+        listeners=tuple(listeners.values()),
+        routes=tuple(routes),
     )

@@ -153,19 +153,27 @@ def upstream_request_headers(
     settings: HeaderSettings,
     client_ip: str,
     host: bytes | None,
+    *,
+    tls: bool = True,
+    upstream_host: bytes | None = None,
 ) -> list[Header]:
     """The headers to send upstream for one client request.
 
-    Keeps the client's end-to-end headers (all values of repeated ones, in order, ``Host``
-    included), removes hop-by-hop and framing headers (the HTTP client writes its own
+    Keeps the client's end-to-end headers (all values of repeated ones, in order), removes
+    hop-by-hop and framing headers (the HTTP client writes its own
     ``Content-Length``/``Transfer-Encoding``) and every header the gateway owns, then appends the
-    identity headers and ``X-Forwarded-For`` (the client's address), ``X-Forwarded-Proto``
-    (``https``) and ``X-Forwarded-Host`` (the client's ``Host``).
+    identity headers (only for a TLS listener: *tls*), ``X-Forwarded-For`` (the client's address),
+    ``X-Forwarded-Proto`` (``https`` or ``http``) and ``X-Forwarded-Host`` (the client's
+    ``Host``). ``Host`` is the client's, or *upstream_host* when given (``host_header``).
     """
     kept = [(n, v) for n, v in without_hop_by_hop(client_headers) if not is_owned(n, settings)]
-    kept.extend(identity_values(identity, settings))
+    if upstream_host is not None:
+        kept = [(n, v) for n, v in kept if n.lower() != b"host"]
+        kept.insert(0, (b"Host", upstream_host))
+    if tls:
+        kept.extend(identity_values(identity, settings))
     kept.append((b"X-Forwarded-For", client_ip.encode("ascii")))
-    kept.append((b"X-Forwarded-Proto", b"https"))
+    kept.append((b"X-Forwarded-Proto", b"https" if tls else b"http"))
     if host is not None:
         kept.append((b"X-Forwarded-Host", host))
     return kept

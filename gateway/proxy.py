@@ -39,7 +39,8 @@ from gateway.channel import GatewayChannel
 from gateway.config import HeaderSettings
 from gateway.headers import upstream_request_headers, without_hop_by_hop
 from gateway.logfmt import clean
-from gateway.target import check_request
+from gateway.routes import RouteTable, upstream_target
+from gateway.target import check_request, host_name
 from gateway.upstream import Upstream
 
 access_log = Logger(namespace="mtlsgw.access")
@@ -53,9 +54,15 @@ _BODY_BUFFER_LIMIT = 64 * 1024
 class Route:
     """What one request needs from the configuration: who may pass, where to, which headers.
 
-    Immutable; a reload builds a new one and new requests pick it up.
+    Immutable; a reload builds new ones and new requests pick them up. ``prefix``/``host`` select
+    the route (:class:`~gateway.routes.RouteTable`); ``strip_prefix`` removes the prefix from the
+    path sent upstream.
     """
 
+    name: str
+    prefix: str
+    host: str | None
+    strip_prefix: bool
     policy: Policy
     headers: HeaderSettings
     upstream: Upstream
@@ -162,9 +169,11 @@ class ResponseRelay(Protocol):
 class Exchange:
     """One client request and its upstream counterpart, from request head to access-log line."""
 
-    def __init__(self, request: ProxyRequest, route: Route, length: int | None) -> None:
+    def __init__(self, request: ProxyRequest, routes: RouteTable[Route],
+                 length: int | None) -> None:
         self.request = request
-        self.route = route
+        self.routes = routes
+        self.route: Route | None = None
         self.channel: GatewayChannel = request.channel  # type: ignore[assignment]
         self.started = time.monotonic()
         self.body = StreamingBody(length, self.channel.tls) if length != 0 else None
@@ -196,6 +205,12 @@ class Exchange:
         if problem is not None:
             self.respond_locally(*problem)
             return
+        host = request.getHeader(b"host")
+        self.route = self.routes.match(host_name(host) if host else None,
+                                       request.path.decode("latin-1"))
+        if self.route is None:
+            self.respond_locally(404, "no-route")
+            return
         if self.too_large(self.length):
             return
         info = RequestInfo(
@@ -206,6 +221,11 @@ class Exchange:
             client_address=_client_ip(request),
         )
         self.route.policy.decide(self.channel.identity, info).addCallback(self._decided)
+
+    @property
+    def _route(self) -> Route:
+        assert self.route is not None  # set by start() before anything reaches the upstream
+        return self.route
 
     def too_large(self, size: int | None) -> bool:
         """Refuse with 413 when *size* bytes of body exceed ``max_body_size``."""
@@ -250,24 +270,30 @@ class Exchange:
             # RFC 9110 §10.1.1: only now, allowed, may the client send its body.
             self.channel.tls.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request = self.request
-        upstream = self.route.upstream
+        route = self._route
+        upstream = route.upstream
+        client_host = request.getHeader(b"host")
+        upstream_host = upstream.host_header(client_host)
         headers = upstream_request_headers(
             list(_raw_pairs(request.requestHeaders)),
             self.channel.identity,
-            self.route.headers,
+            route.headers,
             _client_ip(request),
-            request.getHeader(b"host"),
+            client_host,
+            tls=self.channel.factory.tls,
+            upstream_host=upstream_host if upstream_host != client_host else None,
         )
         outgoing = Headers()
         for name, value in headers:
             outgoing.addRawHeader(name, value)
-        self._upstream = upstream.request(request.method, request.uri, outgoing, self.body)
+        target = upstream_target(request.uri, route.prefix, route.strip_prefix)
+        self._upstream = upstream.request(request.method, target, outgoing, self.body)
         self._upstream.addCallbacks(self._got_response, self._upstream_failed)
         if self.body_complete:
             self._start_response_timer()
 
     def _start_response_timer(self) -> None:
-        timeout = self.route.upstream.settings.response_timeout
+        timeout = self._route.upstream.settings.response_timeout
         if timeout and self._timer is None and self._relay is None:
             self._timer = self.request.channel.callLater(timeout, self._response_too_slow)
 
@@ -399,13 +425,15 @@ class Exchange:
         decision = self.decision
         access_log.info(
             'request peer={peer} method={method} path="{path}" subject="{subject}" '
-            "fingerprint={fingerprint} decision={decision} reason={reason} authorizer={authorizer} "
+            "fingerprint={fingerprint} route={route} decision={decision} reason={reason} "
+            "authorizer={authorizer} "
             "status={status} upstream_status={upstream_status} duration_ms={duration:.1f}",
             peer=_client_ip(request),
             method=clean(request.method),
             path=clean(request.uri),
             subject=clean(identity.subject) if identity else "-",
             fingerprint=identity.fingerprint_sha256 if identity else "-",
+            route=self.route.name if self.route else "-",
             decision=("allow" if decision.allowed else "deny") if decision else "-",
             reason=clean(decision.reason) if decision else "-",
             authorizer=clean(decision.authorizer or "-") if decision else "-",
@@ -419,8 +447,8 @@ class ProxyRequest(http.Request):
     """A request that streams: proxying starts when the head is parsed.
 
     Hooks into Twisted's ``HTTPChannel``: ``gotLength`` (head parsed), ``handleContentChunk`` (body
-    bytes), ``process`` (body complete). The route comes from the channel's factory
-    (``factory.route``), read once per request, so a reload never changes a request midway.
+    bytes), ``process`` (body complete). The routes come from the channel's factory
+    (``factory.routes``), read once per request, so a reload never changes a request midway.
     """
 
     defaultContentType = None  # noqa: N815  (Twisted) never invent a Content-Type the upstream did not send
@@ -442,7 +470,7 @@ class ProxyRequest(http.Request):
         self.requestHeaders.removeHeader(b"expect")
         self.expects_continue = self.clientproto == b"HTTP/1.1" and any(
             value.strip().lower() == b"100-continue" for value in expect)
-        self.exchange = Exchange(self, channel.factory.route, length)
+        self.exchange = Exchange(self, channel.factory.routes, length)
         self.exchange.start()
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802

@@ -1,10 +1,13 @@
-"""Assembling the running gateway: endpoint + TLS + HTTP factory + route, and reloads.
+"""Assembling the running gateway: listeners (endpoint + optional TLS + HTTP factory) and their
+route tables; reloads and graceful shutdown.
 
 :func:`build` turns a config file into a :class:`GatewayService` (raising
 :class:`~gateway.config.ConfigError` for any mistake, before anything listens).
-``SIGHUP`` reloads TLS material, authorizers, headers and upstream settings; a reload that fails
-validation is logged and the running state is kept. Changing ``listen``, ``handshake_timeout`` or
-the limits in ``[gateway]`` needs a restart (a reload says so in the log).
+``SIGHUP`` reloads TLS material, authorizers, routes, headers and upstream settings; a reload that
+fails validation is logged and the running state is kept. Changing listeners, ``handshake_timeout``
+or the limits in ``[gateway]`` needs a restart (a reload says so in the log).
+``SIGTERM`` stops accepting, lets in-flight requests finish for up to ``drain_timeout`` seconds,
+then closes what is left and exits.
 """
 
 from __future__ import annotations
@@ -16,18 +19,29 @@ from typing import Any
 import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.logger import Logger
 
 from gateway import config
 from gateway.authz.policy import Policy
-from gateway.authz.registry import build_authorizers
+from gateway.authz.registry import available_types, build_authorizers
 from gateway.channel import GatewayHTTPFactory
 from gateway.proxy import ProxyRequest, Route
+from gateway.routes import RouteTable
 from gateway.tls import ServerConnectionCreator, build_context
-from gateway.upstream import Upstream
+from gateway.upstream import Upstream, UpstreamTLS
 
 log = Logger(namespace="mtlsgw")
+
+
+@attrs.frozen
+class Checked:
+    """What :func:`validate` built: settings, the server TLS context, a policy per route."""
+
+    settings: config.GatewaySettings
+    context: Any  # OpenSSL.SSL.Context, or None when no listener uses TLS
+    policies: dict[str, Policy]  # by route name
 
 
 @attrs.frozen
@@ -35,27 +49,42 @@ class Generation:
     """Everything built from one reading of the config file."""
 
     settings: config.GatewaySettings
-    context: Any  # OpenSSL.SSL.Context
-    route: Route
+    context: Any
+    tables: dict[str, RouteTable[Route]]  # by listener name
+    upstreams: tuple[Upstream, ...]
 
 
-def validate(path: str | Path) -> tuple[config.GatewaySettings, Any, Policy]:
+def validate(path: str | Path) -> Checked:
     """Everything ``mtlsgw check-config`` checks: read and validate *path*, build the TLS context
-    (key matches certificate, CA and CRL files parse) and the authorizers (types exist, options
-    are valid). Returns the settings, the ``SSL.Context`` and the :class:`Policy`; needs no
-    reactor and opens no socket. Raises :class:`~gateway.config.ConfigError` (one line).
+    (key matches certificate, CA and CRL files parse), the authorizers (types exist, options are
+    valid) and the upstream TLS settings. Needs no reactor and opens no socket. Raises
+    :class:`~gateway.config.ConfigError` (one line).
     """
     settings = config.load(path)
-    context = build_context(settings.tls)
-    policy = Policy(settings.policy, build_authorizers(settings.authorizers))
-    return settings, context, policy
+    context = build_context(settings.tls) if settings.tls is not None else None
+    types = available_types()
+    policies = {}
+    for route in settings.routes:
+        policies[route.name] = Policy(route.policy, build_authorizers(route.authorizers, types))
+        if route.upstream.scheme == "https":
+            UpstreamTLS(route.upstream)
+    return Checked(settings, context, policies)
 
 
 def load_generation(path: str | Path, reactor: Any) -> Generation:
-    """:func:`validate` *path*, then build the route (with its upstream client) on *reactor*."""
-    settings, context, policy = validate(path)
-    route = Route(policy, settings.headers, Upstream(settings.upstream, reactor))
-    return Generation(settings, context, route)
+    """:func:`validate` *path*, then build the routes (with their upstream clients) on *reactor*."""
+    checked = validate(path)
+    settings = checked.settings
+    upstreams = []
+    by_listener: dict[str, list[Route]] = {listener.name: [] for listener in settings.listeners}
+    for route in settings.routes:
+        upstream = Upstream(route.upstream, reactor)
+        upstreams.append(upstream)
+        by_listener[route.listener].append(Route(
+            route.name, route.prefix, route.host, route.strip_prefix,
+            checked.policies[route.name], route.headers, upstream))
+    tables = {name: RouteTable(routes) for name, routes in by_listener.items()}
+    return Generation(settings, checked.context, tables, tuple(upstreams))
 
 
 class GatewayService(MultiService):
@@ -66,29 +95,60 @@ class GatewayService(MultiService):
         self.generation = generation
         self._reactor = reactor
         settings = generation.settings
-        self.creator = ServerConnectionCreator(generation.context)
-        self.factory = GatewayHTTPFactory(
-            ProxyRequest, settings.limits, settings.tls.handshake_timeout, reactor)
-        self.factory.route = generation.route
-        endpoint = wrapServerTLS(self.creator, serverFromString(reactor, settings.listen))
-        listener = StreamServerEndpointService(endpoint, self.factory)
-        listener._raiseSynchronously = True  # a port in use fails the start, not later
-        listener.setServiceParent(self)
+        self.creator = ServerConnectionCreator(generation.context) if generation.context else None
+        self.factories: dict[str, GatewayHTTPFactory] = {}
+        handshake_timeout = settings.tls.handshake_timeout if settings.tls else 0.0
+        for listener in settings.listeners:
+            factory = GatewayHTTPFactory(ProxyRequest, settings.limits, handshake_timeout,
+                                         listener.tls, reactor)
+            factory.routes = generation.tables[listener.name]
+            self.factories[listener.name] = factory
+            endpoint = serverFromString(reactor, listener.listen)
+            if self.creator is not None and listener.tls:
+                endpoint = wrapServerTLS(self.creator, endpoint)
+            service = StreamServerEndpointService(endpoint, factory)
+            service._raiseSynchronously = True  # a port in use fails the start, not later
+            service.setServiceParent(self)
         self._previous_handler: Any = None
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        settings = self.generation.settings
-        log.info("mtlsgw listening on {listen}, upstream {upstream}, config {path}",
-                 listen=settings.listen, upstream=settings.upstream.url, path=str(settings.path))
+        for listener in self.generation.settings.listeners:
+            routes = ", ".join(f"{r.prefix}->{r.upstream.settings.url}"
+                               for r in self.generation.tables[listener.name])
+            log.info("mtlsgw listening on {listen} ({kind}), routes {routes}",
+                     listen=listener.listen, kind="mTLS" if listener.tls else "plain HTTP",
+                     routes=routes)
         self._previous_handler = signal.signal(
             signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload))
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        """Stop accepting; let in-flight requests finish within ``drain_timeout``; close."""
         if self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
-        self.generation.route.upstream.close()
-        return super().stopService()
+        stopped: Deferred[Any] = Deferred.fromCoroutine(self._drain())
+        return stopped
+
+    async def _drain(self) -> None:
+        await super().stopService()  # listening ports closed: nothing new comes in
+        drain_timeout = self.generation.settings.limits.drain_timeout
+        waiting = [channel.drain() for factory in self.factories.values()
+                   for channel in list(factory.channels)]
+        if waiting:
+            log.info("draining {count} connection(s) for up to {timeout} s",
+                     count=len(waiting), timeout=drain_timeout)
+            timer = self._reactor.callLater(drain_timeout, self._abort_all)
+            await DeferredList(waiting)
+            if timer.active():
+                timer.cancel()
+        for upstream in self.generation.upstreams:
+            await upstream.close()
+
+    def _abort_all(self) -> None:
+        for factory in self.factories.values():
+            for channel in list(factory.channels):
+                log.warn("drain timeout: aborting connection with a request in flight")
+                channel.tls.abortConnection()
 
     def reload(self) -> bool:
         """Re-read the config file; on success new connections and requests use it.
@@ -103,27 +163,25 @@ class GatewayService(MultiService):
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc))
             return False
-        for key, before, after in (
-            ("listen", old.settings.listen, new.settings.listen),
-            ("idle_timeout", old.settings.limits.idle_timeout, new.settings.limits.idle_timeout),
-            ("header_timeout", old.settings.limits.header_timeout,
-             new.settings.limits.header_timeout),
-            ("max_head_size", old.settings.limits.max_head_size,
-             new.settings.limits.max_head_size),
-            ("max_body_size", old.settings.limits.max_body_size,
-             new.settings.limits.max_body_size),
-            ("max_connections", old.settings.limits.max_connections,
-             new.settings.limits.max_connections),
-            ("handshake_timeout", old.settings.tls.handshake_timeout,
-             new.settings.tls.handshake_timeout),
-        ):
-            if before != after:
-                log.warn("reload: {key} changed to {value}; it takes effect on restart",
-                         key=key, value=after)
+        if new.settings.listeners != old.settings.listeners:
+            log.warn("reload: listeners changed; that takes effect on restart")
+            if set(new.tables) != set(old.tables) or (self.creator is None) != (
+                    new.context is None):
+                log.error("reload refused: the set of listeners or their TLS changed; restart")
+                for upstream in new.upstreams:
+                    upstream.close()
+                return False
+        if new.settings.limits != old.settings.limits or (
+                new.settings.tls and old.settings.tls
+                and new.settings.tls.handshake_timeout != old.settings.tls.handshake_timeout):
+            log.warn("reload: limits or handshake_timeout changed; that takes effect on restart")
         self.generation = new
-        self.creator.context = new.context
-        self.factory.route = new.route
-        old.route.upstream.close()
+        if self.creator is not None:
+            self.creator.context = new.context
+        for name, factory in self.factories.items():
+            factory.routes = new.tables[name]
+        for upstream in old.upstreams:
+            upstream.close()
         log.info("reloaded configuration from {path}", path=str(new.settings.path))
         return True
 

@@ -1,27 +1,81 @@
-"""The upstream side: one HTTP client (Twisted's ``Agent``) with a persistent connection pool.
+"""The upstream side: an HTTP client (Twisted's ``Agent``) with a persistent connection pool,
+and the TLS policy for ``https://`` upstreams.
 
-``http://`` upstreams are plain; ``https://`` upstreams are verified against the system trust
-store, with the hostname checked by ``service_identity`` (RFC 6125) and SNI sent
-(``twisted.web.client.BrowserLikePolicyForHTTPS``).
+An ``https://`` upstream's certificate is verified against ``upstream_ca`` (or the system trust
+store), its name checked with ``service_identity`` (RFC 6125; ``upstream_server_name`` or the
+URL's host) and the same name sent as SNI. With ``upstream_certificate``/``upstream_private_key``
+the gateway presents its own client certificate (mTLS upstream, like nginx's
+``proxy_ssl_certificate``). A TLS failure is a failed request (502), never a downgrade.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
 
-from gateway.config import UpstreamSettings
+from gateway.config import ConfigError, UpstreamSettings
+
+
+@implementer(IPolicyForHTTPS)
+class UpstreamTLS:
+    """``IPolicyForHTTPS`` for one upstream: trust anchors, checked name, client certificate.
+
+    Raises :class:`ConfigError` at construction when the CA or client certificate files do not
+    parse or the key does not match.
+    """
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self._server_name = settings.server_name or settings.host
+        self._trust: Any = None  # None: the platform's trust store
+        if settings.ca is not None:
+            certificates = _certificates(settings.ca, "upstream_ca", settings)
+            self._trust = ssl.trustRootFromCertificates(
+                [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certificates])
+        self._client: Any = None
+        self._chain: list[Any] = []
+        if settings.certificate is not None and settings.private_key is not None:
+            certificates = _certificates(settings.certificate, "upstream_certificate", settings)
+            try:
+                self._client = ssl.PrivateCertificate.loadPEM(
+                    certificates[0].public_bytes(Encoding.PEM) + settings.private_key.read_bytes())
+                self._client.options()  # checks that the key matches
+            except Exception as exc:
+                raise ConfigError(
+                    f"upstream {settings.url}: upstream_private_key {settings.private_key} "
+                    f"does not match upstream_certificate ({exc})") from None
+            self._chain = [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)).original
+                           for c in certificates[1:]]
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:  # noqa: N802
+        """Twisted's ``IPolicyForHTTPS``: the connection creator for one upstream connection."""
+        extra = {"extraCertChain": self._chain} if self._chain else None
+        return ssl.optionsForClientTLS(
+            self._server_name, trustRoot=self._trust, clientCertificate=self._client,
+            extraCertificateOptions=extra)
+
+
+def _certificates(path: Path, key: str, settings: UpstreamSettings) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())
+    except ValueError as exc:
+        raise ConfigError(f"upstream {settings.url}: {key} {path}: no PEM certificate ({exc})"
+                          ) from None
 
 
 class Upstream:
-    """Sends requests to the configured upstream over a pool of persistent connections.
+    """Sends requests to one configured upstream over a pool of persistent connections.
 
-    At most ``settings.pool_size`` idle connections are kept per upstream; connecting gives up
-    after ``settings.connect_timeout`` seconds.
+    At most ``settings.pool_size`` idle connections are kept; connecting gives up after
+    ``settings.connect_timeout`` seconds.
     """
 
     def __init__(self, settings: UpstreamSettings, reactor: Any) -> None:
@@ -30,23 +84,36 @@ class Upstream:
         self._pool.maxPersistentPerHost = settings.pool_size
         self._agent = Agent(
             reactor,
-            contextFactory=BrowserLikePolicyForHTTPS(),
+            contextFactory=UpstreamTLS(settings) if settings.scheme == "https" else None,
             connectTimeout=settings.connect_timeout,
             pool=self._pool,
         )
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        default_port = 443 if settings.scheme == "https" else 80
+        self.authority = host if settings.port == default_port else f"{host}:{settings.port}"
         self._base = f"{settings.scheme}://{host}:{settings.port}{settings.base_path}".encode(
             "idna")
+
+    def host_header(self, client_host: bytes | None) -> bytes | None:
+        """The ``Host`` to send: the client's (``host_header = client``), the upstream's own
+        authority (``upstream``) or the configured literal."""
+        mode = self.settings.host_header
+        if mode == "client":
+            return client_host
+        if mode == "upstream":
+            return self.authority.encode("idna")
+        return mode.encode("ascii")
 
     def request(
         self, method: bytes, target: bytes, headers: Headers, body: IBodyProducer | None
     ) -> Deferred[IResponse]:
         """Send *method* for the origin-form *target* (``/path?query``) with *headers*, streaming
         *body* (or none). Fires with the ``IResponse`` once its head has arrived; fails with
-        Twisted's connect or ``ResponseNeverReceived`` errors."""
+        Twisted's connect, TLS or ``ResponseNeverReceived`` errors."""
         return self._agent.request(method, self._base + target, headers, body)
 
     def close(self) -> Deferred[None]:
         """Close the idle pooled connections (on shutdown or when a reload replaces this)."""
         closed: Deferred[None] = self._pool.closeCachedConnections()
         return closed
+

@@ -314,3 +314,153 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     """Run curl with *args* (``-sS`` added); returns the completed process."""
     return subprocess.run(["curl", "-sS", "--max-time", str(DEADLINE), *args],
                           capture_output=True, text=True, timeout=DEADLINE + 5, check=False)
+
+
+# -- raw HTTP/1.1 over TLS: for framing tests that must send exactly the bytes they mean ----------
+
+
+def tls_connect(port: int, context: ssl.SSLContext, server_hostname: str | None = "localhost",
+                timeout: float = 10.0) -> ssl.SSLSocket:
+    """A TLS connection to the gateway on loopback, handshake done; the caller closes it."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        return context.wrap_socket(raw, server_hostname=server_hostname)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def read_until_closed(tls: ssl.SSLSocket, read_timeout: float,
+                      until: Callable[[bytes], bool] | None = None) -> tuple[bytes, bool]:
+    """Read from *tls* until the peer closes it, *until(received)* is true, or *read_timeout*
+    seconds pass. Returns ``(received, closed)``; a reset or an unclean TLS EOF counts as closed."""
+    deadline = time.monotonic() + read_timeout
+    received = b""
+    while True:
+        if until is not None and until(received):
+            return received, False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return received, False
+        tls.settimeout(min(left, 0.5))
+        try:
+            data = tls.recv(65536)
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            return received, True
+        except ssl.SSLError:
+            return received, True
+        if not data:
+            return received, True
+        received += data
+
+
+def raw_exchange_closed(port: int, context: ssl.SSLContext, data: bytes, read_timeout: float,
+                        server_hostname: str | None = "localhost") -> tuple[bytes, bool]:
+    """Like :func:`raw_exchange`, and also whether the gateway closed the connection."""
+    with tls_connect(port, context, server_hostname) as tls:
+        try:
+            tls.sendall(data)
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+            # The gateway answered and closed before reading everything: what it sent is still
+            # worth reading, but it will not be long in coming.
+            read_timeout = min(read_timeout, 2.0)
+        return read_until_closed(tls, read_timeout)
+
+
+def raw_exchange(port: int, context: ssl.SSLContext, data: bytes, read_timeout: float) -> bytes:
+    """Send *data* as is over a new TLS connection (SNI ``localhost``) and return every byte the
+    gateway sends back until it closes the connection or *read_timeout* seconds pass."""
+    return raw_exchange_closed(port, context, data, read_timeout)[0]
+
+
+class RawResponse:
+    """One HTTP/1.x response parsed from raw bytes: status, headers in order, body, framing."""
+
+    def __init__(self, status_line: bytes, headers: list[tuple[str, str]], body: bytes,
+                 framing: str, raw_head: bytes) -> None:
+        self.status_line = status_line
+        self.status = int(status_line.split(b" ", 2)[1])
+        self.headers = headers
+        self.body = body
+        self.framing = framing  # "content-length" | "chunked" | "none" | "close"
+        self.raw_head = raw_head
+
+    def header(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def __repr__(self) -> str:
+        return f"<RawResponse {self.status_line!r} {self.headers!r} body={self.body[:80]!r}>"
+
+
+def parse_responses(data: bytes, head_only: tuple[bool, ...] = (),
+                    ) -> tuple[list[RawResponse], bytes]:
+    """Split *data* into complete responses (1xx interim responses included, as their own items).
+
+    ``head_only[i]`` says the i-th final response answers a HEAD request (no body whatever its
+    headers say). Returns the responses and the unparsed rest (an incomplete response or junk).
+    """
+    responses: list[RawResponse] = []
+    finals = 0
+    rest = data
+    while rest:
+        end = rest.find(b"\r\n\r\n")
+        if end < 0:
+            break
+        raw_head = rest[: end + 4]
+        lines = rest[:end].split(b"\r\n")
+        if not lines[0].startswith(b"HTTP/1."):
+            break
+        headers = []
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+        after = rest[end + 4:]
+        status = int(lines[0].split(b" ", 2)[1])
+        lower = {k.lower(): v for k, v in headers}
+        if 100 <= status < 200:
+            responses.append(RawResponse(lines[0], headers, b"", "none", raw_head))
+            rest = after
+            continue
+        is_head = finals < len(head_only) and head_only[finals]
+        finals += 1
+        if is_head or status in (204, 304):
+            responses.append(RawResponse(lines[0], headers, b"", "none", raw_head))
+            rest = after
+        elif lower.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            pos = 0
+            complete = False
+            while True:
+                line_end = after.find(b"\r\n", pos)
+                if line_end < 0:
+                    break
+                size = int(after[pos:line_end].split(b";")[0], 16)
+                if size == 0:
+                    trailer_end = after.find(b"\r\n\r\n", line_end)  # after any trailers
+                    if trailer_end < 0:
+                        break
+                    pos = trailer_end + 4
+                    complete = True
+                    break
+                start = line_end + 2
+                if len(after) < start + size + 2:
+                    break
+                body += after[start:start + size]
+                pos = start + size + 2
+            if not complete:
+                break
+            responses.append(RawResponse(lines[0], headers, body, "chunked", raw_head))
+            rest = after[pos:]
+        elif "content-length" in lower:
+            length = int(lower["content-length"])
+            if len(after) < length:
+                break
+            responses.append(RawResponse(lines[0], headers, after[:length], "content-length",
+                                         raw_head))
+            rest = after[length:]
+        else:
+            responses.append(RawResponse(lines[0], headers, after, "close", raw_head))
+            rest = b""
+    return responses, rest

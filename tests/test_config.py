@@ -89,20 +89,20 @@ def test_minimal_config_loads_with_defaults(tmp_path: Path) -> None:
     assert settings.path == tmp_path / "gw.ini"
     assert settings.listen == "tcp:8443"
     assert settings.limits.idle_timeout == 60.0
-    assert (settings.upstream.scheme, settings.upstream.host, settings.upstream.port) == (
-        "http", "127.0.0.1", 8080)
-    assert settings.upstream.base_path == ""
-    assert settings.upstream.pool_size == 32
-    assert settings.upstream.connect_timeout == 5.0
-    assert settings.upstream.response_timeout == 60.0
+    upstream = settings.routes[0].upstream
+    assert (upstream.scheme, upstream.host, upstream.port) == ("http", "127.0.0.1", 8080)
+    assert settings.routes[0].upstream.base_path == ""
+    assert settings.routes[0].upstream.pool_size == 32
+    assert settings.routes[0].upstream.connect_timeout == 5.0
+    assert settings.routes[0].upstream.response_timeout == 60.0
     assert settings.tls.client_auth == "require"
     assert settings.tls.verify_depth == 2
     assert settings.tls.min_version == "TLSv1.2"
     assert settings.tls.crl is None
     assert settings.tls.handshake_timeout == 10.0
-    assert settings.policy == "any"
-    assert settings.headers.prefix == "X-Client-"
-    assert settings.headers.forward_certificate is False
+    assert settings.routes[0].policy == "any"
+    assert settings.routes[0].headers.prefix == "X-Client-"
+    assert settings.routes[0].headers.forward_certificate is False
 
 
 def test_relative_paths_resolve_against_the_config_folder(
@@ -155,17 +155,18 @@ def test_authorizer_sections_come_in_listed_order_without_their_type(tmp_path: P
         ("authorizer:everyone", "type"): "any",
     })
     settings = load(write_config(tmp_path, sections))
-    assert settings.policy == "all"
-    assert [(a.name, a.type, dict(a.options)) for a in settings.authorizers] == [
+    assert settings.routes[0].policy == "all"
+    assert [(a.name, a.type, dict(a.options)) for a in settings.routes[0].authorizers] == [
         ("everyone", "any", {}),
         ("people", "cn", {"allow": "alice, bob"}),
     ]
-    assert settings.authorizers[1].location.section == "authorizer:people"
+    assert settings.routes[0].authorizers[1].location.section == "authorizer:people"
 
 
 def test_an_authorizer_section_that_is_not_listed_is_ignored(tmp_path: Path) -> None:
     sections = changed({("authorizer:spare", "type"): "any"})
-    assert [a.name for a in load(write_config(tmp_path, sections)).authorizers] == ["people"]
+    routes = load(write_config(tmp_path, sections)).routes
+    assert [a.name for a in routes[0].authorizers] == ["people"]
 
 
 @pytest.mark.parametrize(
@@ -193,8 +194,8 @@ def test_values_are_parsed(
     tmp_path: Path, section: str, key: str, raw: str, attribute: str, expected: object
 ) -> None:
     settings = load(write_config(tmp_path, changed({(section, key): raw})))
-    holder = {"tls": settings.tls, "headers": settings.headers,
-              "gateway": settings.limits}.get(section, settings)
+    holder = {"tls": settings.tls, "headers": settings.routes[0].headers,
+              "gateway": settings.limits}.get(section, settings.routes[0])
     assert getattr(holder, attribute) == expected
 
 
@@ -211,7 +212,8 @@ def test_values_are_parsed(
 def test_upstream_url_is_split(
     tmp_path: Path, url: str, scheme: str, host: str, port: int, base_path: str
 ) -> None:
-    upstream = load(write_config(tmp_path, changed({("gateway", "upstream"): url}))).upstream
+    settings = load(write_config(tmp_path, changed({("gateway", "upstream"): url})))
+    upstream = settings.routes[0].upstream
     assert (upstream.url, upstream.scheme, upstream.host, upstream.port, upstream.base_path) == (
         url, scheme, host, port, base_path)
 
@@ -404,9 +406,10 @@ def test_two_sections_for_the_same_authorizer_are_refused(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------
 
 def test_validate_accepts_the_minimal_config(tmp_path: Path) -> None:
-    settings, context, policy = validate(write_config(tmp_path, minimal()))
-    assert settings.listen == "tcp:8443"
-    assert context is not None
+    checked = validate(write_config(tmp_path, minimal()))
+    assert checked.settings.listen == "tcp:8443"
+    assert checked.context is not None
+    policy = checked.policies["default"]
     assert policy.mode == "any"
     assert [a.name for a in policy.authorizers] == ["people"]
 

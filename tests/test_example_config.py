@@ -76,7 +76,7 @@ def test_example_passes_check_config(tmp_path: Path, pki: DevPKI) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert result.stdout.startswith(f"{path}: OK"), result.stdout
-    assert "authorizers team, pinned" in result.stdout
+    assert "(policy any: team, pinned)" in result.stdout
 
 
 def test_bad_value_is_one_line_naming_file_section_key_value(tmp_path: Path, pki: DevPKI) -> None:
@@ -107,7 +107,7 @@ def test_commented_san_example_is_valid(tmp_path: Path, pki: DevPKI) -> None:
     path.write_text(text, encoding="utf-8")
     result = check_config(path)
     assert result.returncode == 0, result.stderr
-    assert "authorizers team, pinned, workloads" in result.stdout
+    assert "(policy any: team, pinned, workloads)" in result.stdout
 
 
 def test_example_lists_every_key_of_the_fixed_sections() -> None:
@@ -132,8 +132,9 @@ def test_example_values_are_the_defaults(tmp_path: Path, pki: DevPKI) -> None:
     minimal.write_text("\n".join(kept) + "\n", encoding="utf-8")
     defaults = config.load(minimal)
     assert example.limits == defaults.limits
-    assert example.upstream == defaults.upstream
+    for mine, default in zip(example.routes, defaults.routes, strict=True):
+        assert (mine.upstream, mine.policy, mine.headers, mine.prefix, mine.strip_prefix) == (
+            default.upstream, default.policy, default.headers, default.prefix,
+            default.strip_prefix)
     assert attrs.evolve(example.tls, location=None) == attrs.evolve(defaults.tls, location=None)
-    assert example.policy == defaults.policy
-    assert example.headers == defaults.headers
 
