@@ -121,6 +121,13 @@ class GatewayService(MultiService):
                      routes=routes)
         self._previous_handler = signal.signal(
             signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload))
+        self._reactor.callWhenRunning(self._handle_sigterm)
+
+    def _handle_sigterm(self) -> None:
+        # Twisted's own handler makes twistd re-raise SIGTERM at exit (status -15); a drained,
+        # orderly stop is a success, so exit 0 instead.
+        signal.signal(signal.SIGTERM,
+                      lambda *_: self._reactor.callFromThread(self._reactor.stop))
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop accepting; let in-flight requests finish within ``drain_timeout``; close."""

@@ -103,7 +103,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         length, sha = self._read_body()
+        peer = getattr(self.connection, "getpeercert", lambda: None)()
         record = {
+            "client_certificate_subject": peer and dict(x[0] for x in peer["subject"]),
             "method": self.command,
             "path": self.path,
             "headers": [[k, v] for k, v in self.headers.raw_items()],
@@ -158,10 +160,17 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._tls = tls
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self._tls is not None:  # handshake in the handler thread, on first read
+            sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def record(self, item: dict[str, Any]) -> None:
         with self._lock:
@@ -171,10 +180,10 @@ class _Server(ThreadingHTTPServer):
 class Upstream:
     """A real HTTP/1.1 server on loopback that records what it received."""
 
-    def __init__(self) -> None:
-        self._server = _Server()
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._server = _Server(tls)
         self.port = int(self._server.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
