@@ -7,11 +7,16 @@ one line and a quoted field cannot be closed early.
 
 from __future__ import annotations
 
+import re
+
 _KEEP = frozenset(range(0x20, 0x7F)) - {ord("%"), ord('"')}
+_UNSAFE = re.compile(rb'[^\x20-\x7e]|[%"]')
 
 
 def clean(value: str | bytes) -> str:
     """Return *value* as printable ASCII: other bytes (UTF-8 for ``str``), ``%`` and ``"`` become
     ``%XX`` (RFC 3986 §2.1 percent-encoding, reversible with ``urllib.parse.unquote``)."""
     data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    if not _UNSAFE.search(data):
+        return data.decode("ascii")  # the common case, without a per-byte loop
     return "".join(chr(b) if b in _KEEP else f"%{b:02X}" for b in data)

@@ -18,12 +18,12 @@ import re
 from collections.abc import Sequence
 
 _HOST = re.compile(
-    rb"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._~!$&'()*+,;=%-]+))(?::[0-9]{1,5})?$")
+    rb"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._~!$&'()*+,;=%-]+))(?::[0-9]{1,5})?")
 
 
 def host_name(host: bytes) -> str:
     """The name part of a valid ``Host`` value: lower case, no port, no trailing dot."""
-    match = _HOST.match(host)
+    match = _HOST.fullmatch(host)
     assert match is not None
     name = match.group("ip6") or match.group("name")
     return name.decode("ascii").lower().rstrip(".")
@@ -40,7 +40,7 @@ def check_request(
         return 400, "multiple-host-headers"
     if not hosts:
         return (400, "missing-host") if version == b"HTTP/1.1" else None
-    if not _HOST.match(hosts[0]):
+    if not _HOST.fullmatch(hosts[0]):
         return 400, "invalid-host"
     if server_name is not None and host_name(hosts[0]) != server_name.lower().rstrip("."):
         return 421, "misdirected-request"

@@ -17,9 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from gateway.config import ConfigError, UpstreamSettings
@@ -71,6 +72,15 @@ def _certificates(path: Path, key: str, settings: UpstreamSettings) -> list[x509
                           ) from None
 
 
+@implementer(IAgentEndpointFactory)
+class _FixedEndpoint:
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
+
+    def endpointForURI(self, uri: Any) -> Any:  # noqa: N802
+        return self._endpoint
+
+
 class Upstream:
     """Sends requests to one configured upstream over a pool of persistent connections.
 
@@ -82,12 +92,14 @@ class Upstream:
         self.settings = settings
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = settings.pool_size
-        self._agent = Agent(
-            reactor,
-            contextFactory=UpstreamTLS(settings) if settings.scheme == "https" else None,
-            connectTimeout=settings.connect_timeout,
-            pool=self._pool,
-        )
+        # One endpoint for every request: Agent would build (and IDNA-encode) one per request.
+        endpoint: Any = HostnameEndpoint(reactor, settings.host.encode("idna"), settings.port,
+                                         timeout=settings.connect_timeout)
+        if settings.scheme == "https":
+            creator = UpstreamTLS(settings).creatorForNetloc(settings.host.encode("idna"),
+                                                             settings.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        self._agent = Agent.usingEndpointFactory(reactor, _FixedEndpoint(endpoint), self._pool)
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         default_port = 443 if settings.scheme == "https" else 80
         self.authority = host if settings.port == default_port else f"{host}:{settings.port}"
@@ -110,7 +122,8 @@ class Upstream:
         """Send *method* for the origin-form *target* (``/path?query``) with *headers*, streaming
         *body* (or none). Fires with the ``IResponse`` once its head has arrived; fails with
         Twisted's connect, TLS or ``ResponseNeverReceived`` errors."""
-        return self._agent.request(method, self._base + target, headers, body)
+        sent: Deferred[IResponse] = self._agent.request(method, self._base + target, headers, body)
+        return sent
 
     def close(self) -> Deferred[None]:
         """Close the idle pooled connections (on shutdown or when a reload replaces this)."""

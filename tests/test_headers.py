@@ -276,7 +276,7 @@ def full_identity() -> ClientIdentity:
 
 
 def test_identity_values_with_the_default_prefix(full_identity: ClientIdentity) -> None:
-    assert identity_values(full_identity, DEFAULT) == [
+    assert list(identity_values(full_identity, DEFAULT)) == [
         (b"X-Client-Verify", b"SUCCESS"),
         (b"X-Client-Subject", b"CN=alice,O=Example"),
         (b"X-Client-Issuer", b"CN=Test CA,O=Example"),
@@ -337,7 +337,7 @@ def test_identity_values_cert_is_url_escaped_pem_like_nginx(
 
 
 def test_identity_values_without_a_certificate_is_only_verify_none() -> None:
-    assert identity_values(None, WITH_CERT) == [(b"X-Client-Verify", b"NONE")]
+    assert identity_values(None, WITH_CERT) == ((b"X-Client-Verify", b"NONE"),)
 
 
 def test_identity_values_escape_san_lists_and_keep_them_splittable() -> None:
