@@ -43,6 +43,14 @@ def _ssl_reason(reason: Failure) -> str:
     return reason.getErrorMessage() or type(error).__name__
 
 
+_PHRASES = {421: b"Misdirected Request", 431: b"Request Header Fields Too Large"}
+
+
+def reason_phrase(code: int) -> bytes:
+    """The RFC 9110 reason phrase for *code*, including those Twisted's table lacks."""
+    return _PHRASES.get(code) or http.RESPONSES.get(code, b"Error")
+
+
 @implementer(IHandshakeListener)
 class GatewayChannel(http.HTTPChannel):
     """HTTP/1.1 over a TLS connection whose client identity is known once the handshake is done.
@@ -138,6 +146,17 @@ class GatewayChannel(http.HTTPChannel):
             return
         super().lineReceived(line)
 
+    def headerReceived(self, line: bytes) -> bool:  # noqa: N802
+        # RFC 9112 §6.1: chunked is the only transfer coding a proxy must understand, and a
+        # Transfer-Encoding in an HTTP/1.0 request is faulty framing. Twisted would ignore
+        # "identity", letting the body be read as the next request.
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"transfer-encoding" and (
+                value.strip().lower() != b"chunked" or self._version != b"HTTP/1.1"):
+            self.reject(400, "unsupported-transfer-encoding")
+            return False
+        return bool(super().headerReceived(line))
+
     def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
         self.reject(431, "request-head-too-large")
 
@@ -170,7 +189,7 @@ class GatewayChannel(http.HTTPChannel):
             return
         self._rejected = True
         self._cancel_head_timer()
-        phrase = http.RESPONSES.get(code, b"Error")
+        phrase = reason_phrase(code)
         body = b"%d %s: %s\n" % (code, phrase, reason.encode("ascii"))
         self.tls.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"

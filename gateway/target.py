@@ -5,6 +5,7 @@ reason id to refuse it with:
 
 * 400 ``request-target-not-origin-form`` — a reverse proxy takes ``/path?query`` only
   (RFC 9112 §3.2.1); absolute-form, authority-form and ``*`` are refused;
+* 400 ``invalid-request-target`` — a byte outside printable ASCII in the target;
 * 400 ``missing-host`` / ``multiple-host-headers`` / ``invalid-host`` — RFC 9112 §3.2: an
   HTTP/1.1 request has exactly one ``Host``, a valid ``uri-host [ ":" port ]`` (RFC 3986 §3.2.2);
 * 421 ``misdirected-request`` — the ``Host`` names another server than the TLS server name
@@ -21,6 +22,9 @@ _HOST = re.compile(
     rb"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._~!$&'()*+,;=%-]+))(?::[0-9]{1,5})?")
 
 
+_TARGET = re.compile(rb"[\x21-\x7e]+")  # RFC 9112 §3.2: no spaces, controls or raw non-ASCII
+
+
 def host_name(host: bytes) -> str:
     """The name part of a valid ``Host`` value: lower case, no port, no trailing dot."""
     match = _HOST.fullmatch(host)
@@ -35,6 +39,8 @@ def check_request(
     """Check one request head; see the module docstring for the answers."""
     if not target.startswith(b"/"):
         return 400, "request-target-not-origin-form"
+    if not _TARGET.fullmatch(target):
+        return 400, "invalid-request-target"
     hosts = hosts or []
     if len(hosts) > 1:
         return 400, "multiple-host-headers"
