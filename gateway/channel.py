@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import connectionDone
@@ -21,7 +21,7 @@ from twisted.web import http
 from zope.interface import implementer
 
 from gateway.config import Limits
-from gateway.identity import ClientIdentity, UnsafeNameError
+from gateway.identity import ClientIdentity, UnsafeNameError, identity_from_der
 from gateway.logfmt import clean
 from gateway.tls import handshake_state
 
@@ -116,13 +116,14 @@ class GatewayChannel(http.HTTPChannel):
         connection: SSL.Connection = self.tls.getHandle()
         name = connection.get_servername()
         self.server_name = name.decode("ascii", "replace") if name else None
-        if connection.get_peer_certificate(as_cryptography=True) is None:
+        if connection.get_peer_certificate() is None:
             return  # client_auth = optional and no certificate sent
-        chain = connection.get_verified_chain(as_cryptography=True)
+        chain = connection.get_verified_chain()
         try:
             if not chain:  # a certificate OpenSSL did not verify: cannot happen; fail closed
                 raise ValueError("peer certificate present but not verified")
-            self.identity = ClientIdentity.from_certificate(chain[0])
+            self.identity = identity_from_der(
+                crypto.dump_certificate(crypto.FILETYPE_ASN1, chain[0]))
         except (ValueError, UnsafeNameError) as exc:
             log.warn("closing connection peer={peer}: {error}", peer=_peer(self.transport),
                      error=clean(str(exc)))

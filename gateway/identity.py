@@ -7,6 +7,7 @@ authorizers decide on and what the identity headers are written from.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 from collections.abc import Iterator
 
@@ -81,6 +82,17 @@ class ClientIdentity:
             pem=certificate.public_bytes(Encoding.PEM).decode("ascii"),
             certificate=certificate,
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def identity_from_der(der: bytes) -> ClientIdentity:
+    """:meth:`ClientIdentity.from_certificate` of the DER certificate *der*, cached by its bytes.
+
+    Clients reconnect with the same few certificates; parsing and formatting each once keeps the
+    handshake path short. Raises ``ValueError`` for bytes that are not a certificate and
+    :class:`UnsafeNameError` as ``from_certificate`` does (errors are not cached).
+    """
+    return ClientIdentity.from_certificate(x509.load_der_x509_certificate(der))
 
 
 def serial_hex(serial: int) -> str:

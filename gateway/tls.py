@@ -12,6 +12,7 @@ configured). The verify callback only adds checks: it never turns a failure into
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,16 +136,27 @@ def verify_callback(
         return False
     if depth != 0:
         return True
-    leaf = certificate.to_cryptography()
-    if not _leaf_allows_client_auth(leaf):
-        state.record(depth, _GATEWAY_REJECTED, "extended key usage does not allow clientAuth")
+    problem = leaf_problem(crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate))
+    if problem is not None:
+        state.record(depth, _GATEWAY_REJECTED, problem)
         return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def leaf_problem(der: bytes) -> str | None:
+    """Why the gateway refuses the (OpenSSL-verified) leaf certificate *der*, or ``None``.
+
+    Cached by the certificate's bytes: reconnecting clients present the same certificates.
+    """
+    leaf = x509.load_der_x509_certificate(der)
+    if not _leaf_allows_client_auth(leaf):
+        return "extended key usage does not allow clientAuth"
     try:
         check_names(leaf)
     except UnsafeNameError as exc:
-        state.record(depth, _GATEWAY_REJECTED, str(exc))
-        return False
-    return True
+        return str(exc)
+    return None
 
 
 def build_context(
