@@ -165,6 +165,12 @@ class GatewayChannel(http.HTTPChannel):
         self._cancel_head_timer()
         super().allHeadersReceived()
 
+    def allContentReceived(self) -> None:  # noqa: N802
+        # A request answered early (403, 413, …) is finished and gone while Twisted's body decoder
+        # may still reach the end of its body in the same read: nothing is left to hand it to.
+        if self.requests:
+            super().allContentReceived()
+
     def _head_too_slow(self) -> None:
         self._head_timer = None
         self.reject(408, "request-head-timeout")

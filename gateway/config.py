@@ -524,6 +524,9 @@ def _route(
     if section.get("authorizers") is not None:
         authorizers = _authorizer_list(section, defined)
         policy = section.choice("policy", "any", ("any", "all"))
+    elif section.get("policy") is not None and section.location.section != "gateway":
+        raise section.location.at("policy", section.get("policy")).error(
+            "set only together with authorizers in the same section")
     elif listeners[listener].tls:
         if authorize.get("authorizers") is None:
             where = "" if name == "default" else f" (or authorizers in [route:{name}])"
@@ -594,11 +597,19 @@ def load(path: str | Path) -> GatewaySettings:
     defined = _defined_authorizers(parser, path)
     headers = _headers(sections["headers"])
     routes = []
-    if gateway.get("upstream") is not None:
+    if gateway.get("upstream") is None:
+        for key in sorted(_UPSTREAM_KEYS - {"upstream"}):
+            if gateway.get(key) is not None:
+                raise gateway.location.at(key, gateway.get(key)).error(
+                    "set only with [gateway] upstream (routes take their own upstream keys)")
+    else:
         routes.append(_route("default", gateway, base, listeners, sections["authorize"],
                              defined, headers))
     for label, section in patterned["route"]:
         _check_keys(section, section.values, _ROUTE_KEYS)
+        if label in {route.name for route in routes}:
+            raise ConfigError(f"{path}: [{section.location.section}]: route name {label!r} is "
+                              "taken (by another [route:] or by 'default', the [gateway] route)")
         routes.append(_route(label, section, base, listeners, sections["authorize"], defined,
                              headers))
     if not routes:
@@ -606,11 +617,11 @@ def load(path: str | Path) -> GatewaySettings:
             "required key is missing or empty (or define [route:NAME] sections)")
     seen: dict[tuple[str, str | None, str], str] = {}
     for route in routes:
-        key = (route.listener, route.host, route.prefix)
-        if key in seen:
+        where = (route.listener, route.host, route.prefix)
+        if where in seen:
             raise route.location.at("prefix", route.prefix).error(
-                f"same listener, host and prefix as route {seen[key]!r}")
-        seen[key] = route.name
+                f"same listener, host and prefix as route {seen[where]!r}")
+        seen[where] = route.name
     return GatewaySettings(
         path=path,
         limits=Limits(

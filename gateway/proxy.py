@@ -35,13 +35,14 @@ from zope.interface import implementer
 
 from gateway.authz.interfaces import Decision, RequestInfo
 from gateway.authz.policy import Policy
-from gateway.channel import GatewayChannel
+from gateway.channel import GatewayChannel, reason_phrase
 from gateway.config import HeaderSettings
 from gateway.headers import upstream_request_headers, without_hop_by_hop
 from gateway.logfmt import clean
 from gateway.routes import RouteTable, upstream_target
 from gateway.target import check_request, host_name
 from gateway.upstream import Upstream
+from gateway.websocket import is_websocket_upgrade, relay
 
 access_log = Logger(namespace="mtlsgw.access")
 
@@ -287,10 +288,32 @@ class Exchange:
         for name, value in headers:
             outgoing.addRawHeader(name, value)
         target = upstream_target(request.uri, route.prefix, route.strip_prefix)
+        if is_websocket_upgrade(request.method, list(_raw_pairs(request.requestHeaders))):
+            # Agent cannot upgrade: gateway.websocket relays it over a connection of its own.
+            relay(self.channel, request.method, target, headers, upstream,
+                  self.channel.factory.reactor).addCallbacks(self._upgraded, self._upgrade_failed)
+            return
         self._upstream = upstream.request(request.method, target, outgoing, self.body)
         self._upstream.addCallbacks(self._got_response, self._upstream_failed)
         if self.body_complete:
             self._start_response_timer()
+
+    def _upgraded(self, status: int) -> None:
+        # The upstream's head (101, or another status) has been written to the client by relay.
+        if self.client_gone or self.finished:
+            return
+        self.upstream_status = status
+        self.request.code = status
+        self.request.startedWriting = 1  # for the access line only; relay owns the connection
+        self._log_access()
+        self.finished = True
+
+    def _upgrade_failed(self, failure: Failure) -> None:
+        if self.client_gone or self.finished:
+            return
+        self.upstream_status = "upstream-unreachable"
+        access_log.warn("upstream request failed: {error}", error=clean(_failure_text(failure)))
+        self.respond_locally(502, "upstream-unreachable")
 
     def _start_response_timer(self) -> None:
         timeout = self._route.upstream.settings.response_timeout
@@ -320,7 +343,13 @@ class Exchange:
         request.setResponseCode(response.code, response.phrase)
         for name, value in without_hop_by_hop(list(_raw_pairs(response.headers))):
             request.responseHeaders.addRawHeader(name, value)
-        if response.length is not UNKNOWN_LENGTH and request.method != b"HEAD":
+        if request.method == b"HEAD" or response.code == 304:
+            # No body follows; Content-Length, if the upstream sent one, describes the resource
+            # (RFC 9110 §8.6). Twisted's client leaves it in the headers for these.
+            length = response.headers.getRawHeaders(b"content-length")
+            if length:
+                request.responseHeaders.setRawHeaders(b"content-length", length[:1])
+        elif response.length is not UNKNOWN_LENGTH and response.code != 204:
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
         self._relay = ResponseRelay(self)
         request.registerProducer(self._relay, True)
@@ -376,13 +405,13 @@ class Exchange:
         if self.finished:
             return
         request = self.request
-        phrase = http.RESPONSES.get(code, b"").decode("ascii")
-        body = f"{code} {phrase}: {clean(reason)}\n".encode()
-        request.setResponseCode(code)
+        phrase = reason_phrase(code)
+        body = b"%d %s: %s\n" % (code, phrase, clean(reason).encode("ascii"))
+        request.setResponseCode(code, phrase)
         request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
         request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
-        if not self.body_complete:
-            self._stop_reading_client()
+        if not self.body_complete or code == 400:
+            self._stop_reading_client()  # a malformed request: nothing after it is trusted
         request.write(body)
         self._finish()
 
@@ -415,7 +444,8 @@ class Exchange:
             self._relay.stopProducing()
         elif self._upstream is not None:
             self._upstream.cancel()
-        self.upstream_status = f"{self.upstream_status}-client-gone"
+        self.upstream_status = ("client-gone" if self.upstream_status == "-"
+                                else f"{self.upstream_status}-client-gone")
         self._log_access()
         self.finished = True
 

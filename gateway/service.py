@@ -95,6 +95,7 @@ class GatewayService(MultiService):
         self.generation = generation
         self._reactor = reactor
         settings = generation.settings
+        self._limits = settings.limits
         self.creator = ServerConnectionCreator(generation.context) if generation.context else None
         self.factories: dict[str, GatewayHTTPFactory] = {}
         handshake_timeout = settings.tls.handshake_timeout if settings.tls else 0.0
@@ -138,7 +139,7 @@ class GatewayService(MultiService):
 
     async def _drain(self) -> None:
         await super().stopService()  # listening ports closed: nothing new comes in
-        drain_timeout = self.generation.settings.limits.drain_timeout
+        drain_timeout = self._limits.drain_timeout  # as started: limits change on restart only
         waiting = [channel.drain() for factory in self.factories.values()
                    for channel in list(factory.channels)]
         if waiting:
@@ -170,14 +171,13 @@ class GatewayService(MultiService):
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc))
             return False
-        if new.settings.listeners != old.settings.listeners:
-            log.warn("reload: listeners changed; that takes effect on restart")
-            if set(new.tables) != set(old.tables) or (self.creator is None) != (
-                    new.context is None):
-                log.error("reload refused: the set of listeners or their TLS changed; restart")
-                for upstream in new.upstreams:
-                    upstream.close()
-                return False
+        if [(x.name, x.listen, x.tls) for x in new.settings.listeners] != [
+                (x.name, x.listen, x.tls) for x in old.settings.listeners]:
+            # Routes are authorized by their listener's kind (TLS or plain): never mix the two.
+            log.error("reload refused: listeners changed (listen, tls); restart to apply")
+            for upstream in new.upstreams:
+                upstream.close()
+            return False
         if new.settings.limits != old.settings.limits or (
                 new.settings.tls and old.settings.tls
                 and new.settings.tls.handshake_timeout != old.settings.tls.handshake_timeout):

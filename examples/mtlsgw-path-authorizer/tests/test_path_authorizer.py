@@ -193,7 +193,8 @@ require_certificate = no
 """
     )
     settings = load(config)
-    policy = Policy(settings.policy, build_authorizers(settings.authorizers))
+    route = settings.routes[0]
+    policy = Policy(route.policy, build_authorizers(route.authorizers))
 
     def combined(identity: ClientIdentity | None, path: str) -> Decision:
         results: list[Decision] = []
