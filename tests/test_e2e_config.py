@@ -120,3 +120,13 @@ def test_sighup_reloads_and_a_broken_reload_keeps_serving(start_gateway, pki):
     assert "[authorizer:team] type = 'nope'" in log
     assert (status(alice), status(bob)) == (403, 200)
     assert gateway.process.poll() is None
+
+
+def test_reload_refuses_to_change_a_listener(start_gateway, pki):
+    gateway = start_gateway()
+    text = gateway.config.read_text()
+    gateway.config.write_text(text.replace("[gateway]\n", "[gateway]\ntls = off\n", 1))
+    gateway.process.send_signal(signal.SIGHUP)
+    gateway.wait_log("reload refused: listeners changed")
+    alice = pki.alice()
+    assert https_request(gateway.port, client_context(pki.ca, alice.cert, alice.key))[0] == 200
