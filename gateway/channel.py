@@ -76,6 +76,8 @@ class GatewayChannel(http.HTTPChannel):
     def __init__(self) -> None:
         super().__init__()
         self._on_lost: list[Deferred[None]] = []
+        self._h2: Any = None  # the H2Connection, once ALPN chose h2
+        self._protocol_chosen = False
 
     @property
     def tls(self) -> Any:
@@ -132,11 +134,40 @@ class GatewayChannel(http.HTTPChannel):
     # -- request heads ----------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._h2 is not None:
+            self._h2.dataReceived(data)
+            return
+        if not self._protocol_chosen:
+            self._protocol_chosen = True
+            if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+                self._switch_to_h2()
+                self.dataReceived(data)
+                return
         # The head timer runs from the first byte of a request head, however slowly it trickles.
         if self.line_mode and self._head_timer is None and not self._rejected:
             self._head_timer = self.callLater(
                 self.factory.limits.header_timeout, self._head_too_slow)
         super().dataReceived(data)
+
+    def _switch_to_h2(self) -> None:
+        # ALPN chose h2 ([tls] http2 = yes): Twisted's H2Connection speaks HTTP/2 on this
+        # connection from now on, as twisted.web.http._GenericHTTPChannelProtocol does it; this
+        # object stays the connection's owner (identity, limits, drain, audit).
+        from twisted.web._http2 import H2Connection
+
+        network: Any = self._networkProducer
+        network.unregisterProducer()
+        self.setTimeout(None)
+        h2: Any = H2Connection(self.factory.reactor)
+        h2.requestFactory = self.requestFactory
+        h2.site = None
+        h2.factory = self.factory
+        h2.timeOut = self.timeOut
+        h2.callLater = self.callLater
+        h2.gateway_channel = self
+        h2.makeConnection(self.transport)
+        network.registerProducer(h2, True)
+        self._h2 = h2
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802
         if line[:1] in (b" ", b"\t"):
@@ -214,11 +245,22 @@ class GatewayChannel(http.HTTPChannel):
         gone: Deferred[None] = Deferred()
         self._on_lost.append(gone)
         self.persistent = False
-        if not self.requests:
+        if self._h2 is not None:
+            self._drain_h2()
+        elif not self.requests:
             self.loseConnection()
         return gone
 
+    def _drain_h2(self) -> None:
+        assert self._h2 is not None
+        if self._h2.streams:
+            self.callLater(0.05, self._drain_h2)  # poll: H2Connection has no "idle" event
+        else:
+            self.tls.loseConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        if self._h2 is not None:
+            self._h2.connectionLost(reason)
         self.factory.channels.discard(self)
         for waiting in self._on_lost:
             waiting.callback(None)

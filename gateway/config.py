@@ -70,6 +70,7 @@ class TLSSettings:
     min_version: str  # "TLSv1.2" | "TLSv1.3"
     crl: Path | None
     handshake_timeout: float  # seconds
+    http2: bool  # offer h2 in ALPN (HTTP/1.1 is always offered)
     location: Location
 
 
@@ -204,6 +205,7 @@ _TLS_KEYS = {
     "min_version",
     "crl",
     "handshake_timeout",
+    "http2",
 }
 _AUTHORIZE_KEYS = {"policy", "authorizers"}
 _HEADERS_KEYS = {"prefix", "forward_certificate"}
@@ -437,6 +439,7 @@ def _tls(section: _Section, base: Path) -> TLSSettings:
         min_version=_min_version(section),
         crl=section.readable_file("crl", base, required=False),
         handshake_timeout=section.seconds("handshake_timeout", 10.0),
+        http2=section.boolean("http2", False),
         location=section.location,
     )
 

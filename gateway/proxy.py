@@ -171,14 +171,18 @@ class ResponseRelay(Protocol):
 class Exchange:
     """One client request and its upstream counterpart, from request head to access-log line."""
 
-    def __init__(self, request: ProxyRequest, routes: RouteTable[Route],
+    def __init__(self, request: ProxyRequest, connection: GatewayChannel, stream: Any,
                  length: int | None) -> None:
         self.request = request
-        self.routes = routes
+        self.routes: RouteTable[Route] = connection.factory.routes
         self.route: Route | None = None
-        self.channel: GatewayChannel = request.channel  # type: ignore[assignment]
+        # The client connection (identity, limits) and what carries this request on it: the TLS
+        # transport for HTTP/1.1, the H2Stream for HTTP/2 (pause, resume and abort apply to it).
+        self.channel = connection
+        self.stream = stream
+        self.http2 = stream is not connection.tls
         self.started = time.monotonic()
-        self.body = StreamingBody(length, self.channel.tls) if length != 0 else None
+        self.body = StreamingBody(length, stream) if length != 0 else None
         self.body_complete = length == 0
         self.length = length
         self.received_bytes = 0
@@ -200,6 +204,8 @@ class Exchange:
     # -- request side ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.client_gone:
+            return
         request = self.request
         problem = check_request(request.uri, request.clientproto,
                                 request.requestHeaders.getRawHeaders(b"host"),
@@ -291,6 +297,9 @@ class Exchange:
         target = upstream_target(request.uri, route.prefix, route.strip_prefix)
         if is_websocket_upgrade(request.method, list(_raw_pairs(request.requestHeaders))):
             # Agent cannot upgrade: gateway.websocket relays it over a connection of its own.
+            if self.http2:  # RFC 8441 extended CONNECT is not supported
+                self.respond_locally(400, "websocket-over-http2-unsupported")
+                return
             relay(self.channel, request.method, target, headers, upstream,
                   self.channel.factory.reactor).addCallbacks(self._upgraded, self._upgrade_failed)
             return
@@ -319,7 +328,7 @@ class Exchange:
     def _start_response_timer(self) -> None:
         timeout = self._route.upstream.settings.response_timeout
         if timeout and self._timer is None and self._relay is None:
-            self._timer = self.request.channel.callLater(timeout, self._response_too_slow)
+            self._timer = self.channel.callLater(timeout, self._response_too_slow)
 
     def _response_too_slow(self) -> None:
         self._timer = None
@@ -382,7 +391,7 @@ class Exchange:
         self.upstream_status = f"{self.upstream_status}-aborted"
         self._log_access()
         self.finished = True
-        self.channel.tls.abortConnection()
+        self.stream.abortConnection()  # HTTP/2: resets only this stream
 
     def _upstream_failed(self, failure: Failure) -> None:
         self._cancel_timer()
@@ -418,12 +427,15 @@ class Exchange:
 
     def _stop_reading_client(self) -> None:
         # Ignore whatever else the client sends for this request, and close after the response.
+        # (HTTP/2: ending the stream is enough; the connection and its other streams go on.)
+        if self.body is not None:
+            self.body.stopProducing()
+        if self.http2:
+            return
         channel = self.channel
         channel.persistent = False
         self.request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         channel.dataReceived = lambda data: None  # type: ignore[method-assign]
-        if self.body is not None:
-            self.body.stopProducing()
         channel.tls.resumeProducing()
 
     def _finish(self) -> None:
@@ -494,12 +506,16 @@ class ProxyRequest(http.Request):
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802
         self.content = io.BytesIO()  # Twisted's requestReceived expects a file; never filled
-        channel = self.channel
+        channel: Any = self.channel
         # The head has been parsed, but Twisted only sets method/uri in requestReceived, after the
-        # body. The channel holds them meanwhile.
-        self.method = channel._command
-        self.uri = channel._path
-        self.clientproto = channel._version
+        # body. The channel (HTTP/1.1) or the stream (HTTP/2) holds them meanwhile.
+        if isinstance(channel, GatewayChannel):
+            connection, stream = channel, channel.tls
+            self.method, self.uri, self.clientproto = (
+                channel._command, channel._path, channel._version)
+        else:  # twisted.web._http2.H2Stream, on a connection a GatewayChannel switched to h2
+            connection, stream = channel._conn.gateway_channel, channel
+            self.method, self.uri, self.clientproto = channel.command, channel.path, b"HTTP/2"
         self.path = self.uri.split(b"?", 1)[0]
         # Answer Expect: 100-continue ourselves, after authorization (Twisted would answer it as
         # soon as this method returns, before any decision).
@@ -507,8 +523,13 @@ class ProxyRequest(http.Request):
         self.requestHeaders.removeHeader(b"expect")
         self.expects_continue = self.clientproto == b"HTTP/1.1" and any(
             value.strip().lower() == b"100-continue" for value in expect)
-        self.exchange = Exchange(self, channel.factory.routes, length)
-        self.exchange.start()
+        self.exchange = Exchange(self, connection, stream, length)
+        if stream is channel:
+            # HTTP/2 calls gotLength on reaching a content-length header, before the headers
+            # after it: start once they are all in (body bytes wait in the StreamingBody).
+            connection.callLater(0, self.exchange.start)
+        else:
+            self.exchange.start()
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
         if self.exchange is not None:

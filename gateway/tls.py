@@ -221,13 +221,21 @@ def build_context(
     # SSL_CTX_set_verify_depth, as nginx's ssl_verify_depth: at most this many intermediate CA
     # certificates between the leaf and the trust anchor.
     context.set_verify_depth(settings.verify_depth)
-    context.set_alpn_select_callback(_select_http11)
+    if settings.http2:
+        try:
+            import twisted.web._http2  # noqa: F401  (needs the h2 and priority packages)
+        except ImportError as exc:
+            raise loc.at("http2", "yes").error(
+                f"HTTP/2 support is not installed ({exc}): pip install 'twisted[http2]'") from None
+    ours = (b"h2", b"http/1.1") if settings.http2 else (b"http/1.1",)
+
+    def select(connection: SSL.Connection, offered: list[bytes]) -> bytes:
+        # Our preference first (RFC 7301 §3.2). No overlap: no ALPN answer, HTTP/1.1 assumed.
+        chosen = next((p for p in ours if p in offered), None)
+        return chosen if chosen is not None else SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+
+    context.set_alpn_select_callback(select)
     return context
-
-
-def _select_http11(connection: SSL.Connection, offered: list[bytes]) -> bytes:
-    # HTTP/1.1 only: a client offering just h2 gets no ALPN answer and may fall back or fail.
-    return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
 
 
 @implementer(IOpenSSLServerConnectionCreator)
