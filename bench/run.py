@@ -127,6 +127,7 @@ class Bench:
         self.proxies: dict[str, Proc] = {}
         self.run_dir = Path(tempfile.mkdtemp(prefix="mtlsgw-bench-"))
         self.fd_limit = 0
+        self.retries_left = args.retries
         settings = {k: v for k, v in vars(args).items() if k != "compare"}
         self.results: dict[str, Any] = {
             "schema": 1,
@@ -375,15 +376,42 @@ class Bench:
         targets: list[str] | None = None,
         rounds: int | None = None,
     ) -> None:
-        """Run fn(target) as A B A B ..., keeping every run."""
-        runs = []
-        for r in range(rounds or self.args.rounds):
-            for t in targets or self.args.targets:
+        """Run fn(target) as A B A B ..., keeping every run.
+
+        A round during which other work on the machine used more than --noisy-threshold of a core
+        is marked noisy (left out of the medians) and repeated, while --retries lasts."""
+        a = self.args
+        runs: list[Run] = []
+        r = clean = 0
+        while clean < (rounds or a.rounds):
+            r += 1
+            batch = []
+            for t in targets or a.targets:
                 out = fn(t)
-                out.update(round=r + 1, target=t)
-                runs.append(out)
-                log(f"{name} round {r + 1} {t}: {summarize(out)}")
+                out.update(round=r, target=t)
+                batch.append(out)
+                log(f"{name} round {r} {t}: {summarize(out)}")
+            runs.extend(batch)
+            other = max((o.get("other_cpu_pct") or 0.0) for o in batch)
+            if other > a.noisy_threshold and self.retries_left > 0:
+                self.retries_left -= 1
+                for o in batch:
+                    o["noisy"] = True
+                log(f"{name} round {r}: other work used {other:.0f}% of a core; repeating it")
+                self.settle()
+            else:
+                clean += 1
         self.results["scenarios"][name] = {"runs": runs}
+
+    def settle(self, limit: float = 20.0) -> float:
+        """Wait up to `limit` seconds for other work to fall below --noisy-threshold."""
+        deadline = time.monotonic() + limit
+        while True:
+            with procs.CpuAccount([], []) as cpu:
+                time.sleep(2)
+            load = cpu.result["other_cpu_pct"] or 0.0
+            if load <= self.args.noisy_threshold or time.monotonic() >= deadline:
+                return load
 
     def warmup(self) -> None:
         for t in self.args.targets:
@@ -673,6 +701,7 @@ def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
 
     def med(scen: str, target: str, key: str, complete: bool = False) -> float | None:
         runs = [r for r in runs_of(res, scen, target) if not r.get("error") or complete]
+        runs = [r for r in runs if not r.get("noisy")]
         if complete:
             runs = [r for r in runs if r.get("complete")]
         return median([r.get(key) for r in runs])
@@ -700,7 +729,11 @@ def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"latency at {rate:.0f} req/s: {q}", "latency", f"{q}_ms", "ms", 2)
         for q in ("p50", "p99"):
             # each round's proxied value minus the same round's direct value, then the median
-            direct = {r["round"]: r.get(f"{q}_ms") for r in runs_of(res, "latency", "direct")}
+            direct = {
+                r["round"]: r.get(f"{q}_ms")
+                for r in runs_of(res, "latency", "direct")
+                if not r.get("noisy")
+            }
             vals: dict[str, float | None] = {}
             for t in TARGETS:
                 diffs = [
@@ -740,7 +773,7 @@ def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append((label, cells[0], cells[1]))
 
     def cpu(rr: list[Run]) -> str:
-        m = median([r.get("proxy_cpu_pct") for r in rr])
+        m = median([r.get("proxy_cpu_pct") for r in rr if not r.get("noisy")])
         return f"{m:.0f}%" if m is not None else "—"
 
     def errors(rr: list[Run]) -> str:
@@ -770,9 +803,12 @@ def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
     }
 
     def other(rr: list[Run]) -> str:
-        o = median([r.get("other_cpu_pct") for r in rr])
-        st = median([r.get("steal_pct") for r in rr])
-        return "—" if o is None else f"{o:.0f}%" + (f" (steal {st:.0f}%)" if st and st >= 1 else "")
+        kept = [r for r in rr if not r.get("noisy")]
+        o = median([r.get("other_cpu_pct") for r in kept])
+        st = median([r.get("steal_pct") for r in kept])
+        txt = "—" if o is None else f"{o:.0f}%" + (f" (steal {st:.0f}%)" if st and st >= 1 else "")
+        repeated = sum(1 for r in rr if r.get("noisy"))
+        return txt + (f"; {repeated} disturbed run(s) repeated" if repeated else "")
 
     for scen, label in names.items():
         row(f"{label}: proxy CPU (100% = one core)", scen, cpu)
@@ -889,6 +925,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--idle-hold-max", type=float, default=180.0, help=argparse.SUPPRESS)
     add("--wait-quiet", type=float, default=0.0, help="seconds to wait for other load to end (0)")
     add("--quiet-threshold", type=float, default=20.0, help="%% of a core counted as quiet (20)")
+    add(
+        "--noisy-threshold",
+        type=float,
+        default=25.0,
+        help="%% of a core of other work that "
+        "makes a round noisy: repeated, left out of the medians (25)",
+    )
+    add("--retries", type=int, default=4, help="noisy rounds repeated per run at most (4)")
     add("--upstream-procs", type=int, default=1, help="GOMAXPROCS of the upstream (1)")
     add("--targets", default=",".join(TARGETS), help="comma list of mtlsgw,nginx (both)")
     add("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {','.join(SCENARIOS)}")
