@@ -121,6 +121,7 @@ class Limits:
     max_body_size: int  # bytes of request body, 0 = unlimited (413)
     max_connections: int  # open client connections; more are closed at once
     drain_timeout: float  # seconds in-flight requests get to finish on SIGTERM
+    access_log: str  # "all" | "problems" (denied, refused, status >= 400, aborted)
 
 
 @attrs.frozen
@@ -195,6 +196,7 @@ _GATEWAY_KEYS = _UPSTREAM_KEYS | _LISTENER_KEYS | {
     "max_body_size",
     "max_connections",
     "drain_timeout",
+    "access_log",
 }
 _TLS_KEYS = {
     "certificate",
@@ -634,6 +636,7 @@ def load(path: str | Path) -> GatewaySettings:
             max_body_size=gateway.integer("max_body_size", 0, 0, 1 << 50),
             max_connections=gateway.integer("max_connections", 10000, 1, 1_000_000),
             drain_timeout=gateway.seconds("drain_timeout", 10.0, allow_zero=True),
+            access_log=gateway.choice("access_log", "all", ("all", "problems")),
         ),
         tls=tls,
         listeners=tuple(listeners.values()),

@@ -468,6 +468,12 @@ class Exchange:
         request = self.request
         identity = self.channel.identity
         decision = self.decision
+        code: int | None = request.code if request.startedWriting else None
+        if (self.channel.factory.limits.access_log == "problems" and decision is not None
+                and decision.allowed and code is not None and code < 400
+                and isinstance(self.upstream_status, int)):
+            return  # access_log = problems: a request that went well is not logged
+        status = "-" if code is None else code
         if decision is None:
             verdict = reason = authorizer = "-"
         else:
@@ -480,7 +486,7 @@ class Exchange:
             f"fingerprint={identity.fingerprint_sha256 if identity else '-'} "
             f"route={self.route.name if self.route else '-'} decision={verdict} "
             f"reason={reason} authorizer={authorizer} "
-            f"status={request.code if request.startedWriting else '-'} "
+            f"status={status} "
             f"upstream_status={self.upstream_status} "
             f"duration_ms={(time.monotonic() - self.started) * 1000:.1f}"
         )

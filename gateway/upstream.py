@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
@@ -72,6 +72,10 @@ def _certificates(path: Path, key: str, settings: UpstreamSettings) -> list[x509
                           ) from None
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
 @implementer(IAgentEndpointFactory)
 class _FixedEndpoint:
     def __init__(self, endpoint: Any) -> None:
@@ -92,6 +96,7 @@ class Upstream:
         self.settings = settings
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = settings.pool_size
+        self._pool._factory = _QuietClientFactory  # no "Starting factory" line per connection
         # One endpoint for every request: Agent would build (and IDNA-encode) one per request.
         endpoint: Any = HostnameEndpoint(reactor, settings.host.encode("idna"), settings.port,
                                          timeout=settings.connect_timeout)

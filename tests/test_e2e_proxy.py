@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import ssl
 import subprocess
 import urllib.parse
 
@@ -13,7 +12,6 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from harness import (
-    Upstream,
     client_context,
     curl,
     free_port,
@@ -236,4 +234,12 @@ def test_upstream_reached_over_plain_http_keeps_connections_alive(gateway, pki, 
         assert _alice_get(gateway, pki, "/again")[0] == 200
 
 
-__all__ = ["Upstream", "ssl"]
+
+def test_access_log_problems_only_skips_requests_that_went_well(start_gateway, pki):
+    gateway = start_gateway({"gateway": {"access_log": "problems"}})
+    assert _alice_get(gateway, pki, "/quiet")[0] == 200
+    bob = pki.bob()
+    https_request(gateway.port, client_context(pki.ca, bob.cert, bob.key), path="/loud")
+    log = gateway.wait_log('path="/loud"')
+    assert 'path="/quiet"' not in log
+    assert "reason=cn-not-allowed" in log
