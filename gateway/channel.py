@@ -43,11 +43,19 @@ def _ssl_reason(reason: Failure) -> str:
     return reason.getErrorMessage() or type(error).__name__
 
 
-_PHRASES = {421: b"Misdirected Request", 431: b"Request Header Fields Too Large"}
+# RFC 9110 §15 names where Twisted's table lacks the code or has the RFC 2616 name.
+_PHRASES = {
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    421: b"Misdirected Request",
+    431: b"Request Header Fields Too Large",
+    504: b"Gateway Timeout",
+}
 
 
 def reason_phrase(code: int) -> bytes:
-    """The RFC 9110 reason phrase for *code*, including those Twisted's table lacks."""
+    """The RFC 9110 reason phrase for *code*."""
     return _PHRASES.get(code) or http.RESPONSES.get(code, b"Error")
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -131,6 +132,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(piece)
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if self.path.startswith("/slow/"):
+            # Answer after the given number of seconds (or when the peer goes away).
+            self.connection.settimeout(float(self.path.rsplit("/", 1)[1]))
+            with contextlib.suppress(OSError):
+                self.connection.recv(1)
+            self.close_connection = True
+            return
+        if self.path.startswith("/nolength/"):
+            # An HTTP/1.0-style response: no Content-Length, ended by closing the connection.
+            size = int(self.path.rsplit("/", 1)[1])
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                             b"Connection: close\r\n\r\n")
+            for piece in pattern_bytes(size):
+                self.wfile.write(piece)
             self.close_connection = True
             return
         if self.path == "/hold":

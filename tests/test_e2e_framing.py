@@ -443,7 +443,7 @@ def test_content_length_over_max_body_size_gets_413_before_the_body(
     seen = _forwarded_before_barrier(small_body_gateway, alice, upstream, "cl-body")
     if status == 413:
         # Answered without waiting for a byte of the body, and closed: the body is not read.
-        assert responses[0].body == b"413 Request Entity Too Large: request-body-too-large\n"
+        assert responses[0].body == b"413 Content Too Large: request-body-too-large\n"
         assert closed and "close" in _connection_tokens(responses[0])
         assert seen == []
     else:
