@@ -165,12 +165,12 @@ class GatewayChannel(http.HTTPChannel):
 
         network: Any = self._networkProducer
         network.unregisterProducer()
-        self.setTimeout(None)
+        idle_timeout = self.setTimeout(None)  # the H2Connection keeps its own idle timeout
         h2: Any = H2Connection(self.factory.reactor)
         h2.requestFactory = self.requestFactory
         h2.site = None
         h2.factory = self.factory
-        h2.timeOut = self.timeOut
+        h2.timeOut = idle_timeout
         h2.callLater = self.callLater
         h2.gateway_channel = self
         h2.makeConnection(self.transport)
@@ -264,6 +264,8 @@ class GatewayChannel(http.HTTPChannel):
         if self._h2.streams:
             self.callLater(0.05, self._drain_h2)  # poll: H2Connection has no "idle" event
         else:
+            # The H2Connection is the transport's producer; a close waits for it to let go.
+            self.tls.unregisterProducer()
             self.tls.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802

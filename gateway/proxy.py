@@ -46,6 +46,7 @@ from gateway.upstream import Upstream
 from gateway.websocket import is_websocket_upgrade, relay
 
 access_log = Logger(namespace="mtlsgw.access")
+_H2_INTERNAL_ERROR = 2  # RFC 9113 §7
 
 # Bytes of request body held while the upstream connection is being set up; past it the
 # client is paused.
@@ -207,11 +208,19 @@ class Exchange:
         if self.client_gone:
             return
         request = self.request
+        if self.http2:
+            # Twisted adds :authority as a Host header: one equal Host is no conflict (RFC 9113).
+            hosts = request.requestHeaders.getRawHeaders(b"host") or []
+            if len(set(hosts)) == 1:
+                request.requestHeaders.setRawHeaders(b"host", hosts[:1])
         problem = check_request(request.uri, request.clientproto,
                                 request.requestHeaders.getRawHeaders(b"host"),
                                 self.channel.server_name)
         if problem is not None:
             self.respond_locally(*problem)
+            return
+        if request.method == b"CONNECT":  # a reverse proxy, not a tunnel (nor RFC 8441)
+            self.respond_locally(405, "connect-not-supported")
             return
         host = request.getHeader(b"host")
         self.route = self.routes.match(host_name(host) if host else None,
@@ -297,9 +306,6 @@ class Exchange:
         target = upstream_target(request.uri, route.prefix, route.strip_prefix)
         if is_websocket_upgrade(request.method, list(_raw_pairs(request.requestHeaders))):
             # Agent cannot upgrade: gateway.websocket relays it over a connection of its own.
-            if self.http2:  # RFC 8441 extended CONNECT is not supported
-                self.respond_locally(400, "websocket-over-http2-unsupported")
-                return
             relay(self.channel, request.method, target, headers, upstream,
                   self.channel.factory.reactor).addCallbacks(self._upgraded, self._upgrade_failed)
             return
@@ -353,13 +359,13 @@ class Exchange:
         request.setResponseCode(response.code, response.phrase)
         for name, value in without_hop_by_hop(list(_raw_pairs(response.headers))):
             request.responseHeaders.addRawHeader(name, value)
-        if request.method == b"HEAD" or response.code == 304:
+        if request.method == b"HEAD":
             # No body follows; Content-Length, if the upstream sent one, describes the resource
-            # (RFC 9110 §8.6). Twisted's client leaves it in the headers for these.
+            # (RFC 9110 §8.6). Twisted's client leaves it in the headers for HEAD.
             length = response.headers.getRawHeaders(b"content-length")
             if length:
                 request.responseHeaders.setRawHeaders(b"content-length", length[:1])
-        elif response.length is not UNKNOWN_LENGTH and response.code != 204:
+        elif response.length is not UNKNOWN_LENGTH and response.code not in (204, 304):
             request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % response.length])
         self._relay = ResponseRelay(self)
         request.registerProducer(self._relay, True)
@@ -391,7 +397,15 @@ class Exchange:
         self.upstream_status = f"{self.upstream_status}-aborted"
         self._log_access()
         self.finished = True
-        self.stream.abortConnection()  # HTTP/2: resets only this stream
+        if self.http2:
+            # Only this stream, with an error code: a NO_ERROR reset (Twisted's abortConnection)
+            # lets clients take the truncated body for a complete one (RFC 9113 §8.1).
+            connection = self.stream._conn
+            connection.conn.reset_stream(self.stream.streamID, error_code=_H2_INTERNAL_ERROR)
+            if connection._tryToWriteControlData():
+                connection._requestDone(self.stream.streamID)
+        else:
+            self.channel.tls.abortConnection()
 
     def _upstream_failed(self, failure: Failure) -> None:
         self._cancel_timer()
@@ -445,8 +459,8 @@ class Exchange:
             self._finish_pending = True  # body_done() is about to run; finish there
             return
         self.finished = True
-        self._log_access()
         self.request.finish()
+        self._log_access()  # after finish(): a bodiless response's status is written only then
 
     def _client_lost(self, failure: Failure) -> None:
         if self.finished:

@@ -13,6 +13,7 @@ then closes what is left and exits.
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from gateway import config
@@ -112,8 +114,28 @@ class GatewayService(MultiService):
             service.setServiceParent(self)
         self._previous_handler: Any = None
 
+    def privilegedStartService(self) -> None:  # noqa: N802
+        # twistd opens the listening ports here (before dropping privileges).
+        try:
+            super().privilegedStartService()
+        except CannotListenError as exc:
+            self._cannot_listen(exc)
+
+    def _cannot_listen(self, exc: CannotListenError) -> None:
+        # One line, as for any other configuration mistake, instead of a traceback.
+        settings = self.generation.settings
+        listen = next((x for x in settings.listeners if str(exc.port) in x.listen),
+                      settings.listeners[0])
+        section = "gateway" if listen.name == "main" else f"listener:{listen.name}"
+        sys.stderr.write(f"mtlsgw: {settings.path}: [{section}] listen = {listen.listen!r}: "
+                         f"cannot listen ({exc.socketError})\n")
+        raise SystemExit(1) from None
+
     def startService(self) -> None:  # noqa: N802
-        super().startService()
+        try:
+            super().startService()
+        except CannotListenError as exc:
+            self._cannot_listen(exc)
         for listener in self.generation.settings.listeners:
             routes = ", ".join(f"{r.prefix}->{r.upstream.settings.url}"
                                for r in self.generation.tables[listener.name])

@@ -130,3 +130,20 @@ def test_reload_refuses_to_change_a_listener(start_gateway, pki):
     gateway.wait_log("reload refused: listeners changed")
     alice = pki.alice()
     assert https_request(gateway.port, client_context(pki.ca, alice.cert, alice.key))[0] == 200
+
+
+def test_a_port_in_use_stops_the_start_with_one_line(tmp_path, pki, upstream):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        sections = base_sections(pki, upstream.url)
+        sections["gateway"]["listen"] = f"tcp:{port}:interface=127.0.0.1"
+        path = _write(tmp_path, sections)
+        process = run_twistd(path, None)
+        out, err = process.communicate(timeout=DEADLINE)
+    assert process.returncode == 1
+    assert f"[gateway] listen = 'tcp:{port}:interface=127.0.0.1': cannot listen" in out + err
+    assert "Traceback" not in out + err

@@ -67,3 +67,68 @@ def test_without_the_setting_only_http11_is_negotiated(start_gateway, pki, upstr
                    f"{plain.url}/fallback")
     assert (result.returncode, result.stdout) == (0, "1.1")
     assert headers_of(upstream.last(), "X-Client-CN") == ["alice"]
+
+
+def test_http2_upstream_dying_mid_body_resets_the_stream_with_an_error(gateway, pki):
+    result = _curl(pki, pki.alice(), "--http2", "-o", "/dev/null", f"{gateway.url}/die/200000")
+    assert result.returncode != 0, "a truncated HTTP/2 response must not look complete"
+    assert "stream" in result.stderr.lower() or "INTERNAL_ERROR" in result.stderr
+
+
+def test_http2_idle_connection_is_closed(start_gateway, pki):
+    import socket
+    import ssl
+
+    gateway = start_gateway({"tls": {"http2": "yes"}, "gateway": {"idle_timeout": "0.5"}})
+    alice = pki.alice()
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(str(alice.cert), str(alice.key))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        # Read frames (RFC 9113 §4.1) until the gateway's GOAWAY (type 7) ends the idle connection.
+        data, types = b"", []
+        while 7 not in types:
+            chunk = tls.recv(65536)
+            assert chunk, "closed without GOAWAY"
+            data += chunk
+            while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+                types.append(data[3])
+                data = data[9 + int.from_bytes(data[:3], "big"):]
+
+
+def test_connect_method_is_refused(gateway, pki, upstream):
+    upstream.clear()
+    result = _curl(pki, pki.alice(), "--http1.1", "-X", "CONNECT", "-w", "%{http_code}",
+                   "-o", "/dev/null", f"{gateway.url}/x")
+    assert result.stdout in ("405", "400")
+    assert upstream.requests == []
+
+
+def test_sigterm_closes_an_idle_http2_connection_without_waiting_for_drain_timeout(
+    start_gateway, pki
+):
+    import contextlib
+    import signal
+    import socket
+    import ssl
+    import time
+
+    gateway = start_gateway({"tls": {"http2": "yes"}, "gateway": {"drain_timeout": "30"}})
+    alice = pki.alice()
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(str(alice.cert), str(alice.key))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        tls.recv(65536)
+        started = time.monotonic()
+        gateway.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(OSError):
+            while tls.recv(65536):  # GOAWAY / close_notify, as a client would read them
+                pass
+    assert gateway.process.wait(20) == 0
+    assert time.monotonic() - started < 10
