@@ -188,6 +188,7 @@ class Exchange:
         self.length = length
         self.received_bytes = 0
         self.decision: Decision | None = None
+        self.local_reason: str | None = None  # why the gateway answered by itself
         self.upstream_status: int | str = "-"
         self.finished = False
         self.client_gone = False
@@ -215,7 +216,7 @@ class Exchange:
                 request.requestHeaders.setRawHeaders(b"host", hosts[:1])
         problem = check_request(request.uri, request.clientproto,
                                 request.requestHeaders.getRawHeaders(b"host"),
-                                self.channel.server_name)
+                                self.channel.server_name, request.method)
         if problem is not None:
             self.respond_locally(*problem)
             return
@@ -309,7 +310,11 @@ class Exchange:
             relay(self.channel, request.method, target, headers, upstream,
                   self.channel.factory.reactor).addCallbacks(self._upgraded, self._upgrade_failed)
             return
-        self._upstream = upstream.request(request.method, target, outgoing, self.body)
+        try:
+            self._upstream = upstream.request(request.method, target, outgoing, self.body)
+        except Exception:  # e.g. a target Agent refuses: never leave the client hanging
+            self._upstream_failed(Failure())
+            return
         self._upstream.addCallbacks(self._got_response, self._upstream_failed)
         if self.body_complete:
             self._start_response_timer()
@@ -428,6 +433,7 @@ class Exchange:
         *reason*. If the request body is still arriving, the connection closes after this."""
         if self.finished:
             return
+        self.local_reason = reason
         request = self.request
         phrase = reason_phrase(code)
         body = b"%d %s: %s\n" % (code, phrase, clean(reason).encode("ascii"))
@@ -488,14 +494,15 @@ class Exchange:
                 and isinstance(self.upstream_status, int)):
             return  # access_log = problems: a request that went well is not logged
         status = "-" if code is None else code
-        if decision is None:
-            verdict = reason = authorizer = "-"
+        if decision is None:  # refused before authorization (400, 404, 413, 421, …)
+            verdict = authorizer = "-"
+            reason = clean(self.local_reason or "-")
         else:
             verdict = "allow" if decision.allowed else "deny"
             reason, authorizer = clean(decision.reason), clean(decision.authorizer or "-")
         subject = _clean_subject(identity.subject) if identity else "-"
         line = (
-            f'request peer={_client_ip(request)} method={clean(request.method)} '
+            f'request peer={_client_ip(request)} method="{clean(request.method)}" '
             f'path="{clean(request.uri)}" subject="{subject}" '
             f"fingerprint={identity.fingerprint_sha256 if identity else '-'} "
             f"route={self.route.name if self.route else '-'} decision={verdict} "
@@ -535,7 +542,9 @@ class ProxyRequest(http.Request):
                 channel._command, channel._path, channel._version)
         else:  # twisted.web._http2.H2Stream, on a connection a GatewayChannel switched to h2
             connection, stream = channel._conn.gateway_channel, channel
-            self.method, self.uri, self.clientproto = channel.command, channel.path, b"HTTP/2"
+            # A CONNECT stream has no :path; check_request refuses the empty target.
+            self.method, self.uri, self.clientproto = (
+                channel.command or b"", channel.path or b"", b"HTTP/2")
         self.path = self.uri.split(b"?", 1)[0]
         # Answer Expect: 100-continue ourselves, after authorization (Twisted would answer it as
         # soon as this method returns, before any decision).
@@ -550,6 +559,10 @@ class ProxyRequest(http.Request):
             connection.callLater(0, self.exchange.start)
         else:
             self.exchange.start()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:  # noqa: N802
+        # An HTTP/2 CONNECT stream has no :path (None); it was refused in start() already.
+        super().requestReceived(command or b"", path or b"", version)
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
         if self.exchange is not None:

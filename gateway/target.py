@@ -5,7 +5,8 @@ reason id to refuse it with:
 
 * 400 ``request-target-not-origin-form`` — a reverse proxy takes ``/path?query`` only
   (RFC 9112 §3.2.1); absolute-form, authority-form and ``*`` are refused;
-* 400 ``invalid-request-target`` — a byte outside printable ASCII in the target;
+* 400 ``invalid-method`` — a method that is not a token (RFC 9110 §9.1);
+* 400 ``invalid-request-target`` — a byte outside printable ASCII, or a ``#``, in the target;
 * 400 ``missing-host`` / ``multiple-host-headers`` / ``invalid-host`` — RFC 9112 §3.2: an
   HTTP/1.1 request has exactly one ``Host``, a valid ``uri-host [ ":" port ]`` (RFC 3986 §3.2.2);
 * 421 ``misdirected-request`` — the ``Host`` names another server than the TLS server name
@@ -22,7 +23,9 @@ _HOST = re.compile(
     rb"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._~!$&'()*+,;=%-]+))(?::[0-9]{1,5})?")
 
 
-_TARGET = re.compile(rb"[\x21-\x7e]+")  # RFC 9112 §3.2: no spaces, controls or raw non-ASCII
+# RFC 9112 §3.2: no spaces, controls or raw non-ASCII; no fragment (RFC 9110 §7.1).
+_TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+")
+_METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §9.1: a token
 
 
 def host_name(host: bytes) -> str:
@@ -34,9 +37,12 @@ def host_name(host: bytes) -> str:
 
 
 def check_request(
-    target: bytes, version: bytes, hosts: Sequence[bytes] | None, server_name: str | None
+    target: bytes, version: bytes, hosts: Sequence[bytes] | None, server_name: str | None,
+    method: bytes = b"GET",
 ) -> tuple[int, str] | None:
     """Check one request head; see the module docstring for the answers."""
+    if not _METHOD.fullmatch(method):  # HTTP/1.1's parser checks this; HTTP/2's does not
+        return 400, "invalid-method"
     if not target.startswith(b"/"):
         return 400, "request-target-not-origin-form"
     if not _TARGET.fullmatch(target):

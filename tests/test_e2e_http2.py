@@ -132,3 +132,54 @@ def test_sigterm_closes_an_idle_http2_connection_without_waiting_for_drain_timeo
                 pass
     assert gateway.process.wait(20) == 0
     assert time.monotonic() - started < 10
+
+
+def _h2_exchange(gateway, pki, streams):
+    """Send *streams* (lists of header pairs) on one HTTP/2 connection with the h2 library;
+    return {stream_id: status or 'reset'} once every stream has ended."""
+    import socket
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    alice = pki.alice()
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(str(alice.cert), str(alice.key))
+    context.set_alpn_protocols(["h2"])
+    results: dict[int, object] = {}
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                      normalize_outbound_headers=False))
+        conn.initiate_connection()
+        ids = []
+        for index, headers in enumerate(streams):
+            stream_id = 1 + 2 * index  # client streams are odd (RFC 9113 §5.1.1)
+            conn.send_headers(stream_id, headers, end_stream=True)
+            ids.append(stream_id)
+        tls.sendall(conn.data_to_send())
+        while len(results) < len(ids):
+            data = tls.recv(65536)
+            assert data, f"connection closed with streams pending: {results}"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    results[event.stream_id] = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.StreamReset):
+                    results[event.stream_id] = "reset"
+            tls.sendall(conn.data_to_send())
+    return [results[i] for i in ids]
+
+
+def test_http2_bad_method_and_pathless_connect_are_refused_per_stream(gateway, pki, upstream):
+    upstream.clear()
+    good = [(":method", "GET"), (":scheme", "https"), (":authority", f"localhost:{gateway.port}"),
+            (":path", "/after-bad")]
+    bad_method = [(":method", "GET /admin HTTP/1.1"), *good[1:]]
+    connect = [(":method", "CONNECT"), (":authority", "localhost:22")]
+    assert _h2_exchange(gateway, pki, [bad_method, connect, good]) == [b"400", b"400", b"200"]
+    assert [r["path"] for r in upstream.requests] == ["/after-bad"]
+    log = gateway.wait_log("reason=invalid-method")
+    assert 'method="GET /admin HTTP/1.1" path=' in log  # quoted: no field can be forged

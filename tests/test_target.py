@@ -105,3 +105,13 @@ def test_check_request(target, version, hosts, server_name, expected):
 )
 def test_host_name_is_lower_case_without_port_or_trailing_dot(host, name):
     assert host_name(host) == name
+
+
+def test_a_fragment_in_the_target_is_refused():
+    assert check_request(b"/admin#/x", b"HTTP/1.1", [b"localhost"], None) == (
+        400, "invalid-request-target")
+
+
+@pytest.mark.parametrize("method", [b"GET /admin HTTP/1.1", b"", b"G(T", b"GET\x00"])
+def test_a_method_that_is_not_a_token_is_refused(method):
+    assert check_request(b"/", b"HTTP/2", [b"localhost"], None, method) == (400, "invalid-method")
