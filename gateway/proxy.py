@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -214,6 +215,12 @@ class Exchange:
             hosts = request.requestHeaders.getRawHeaders(b"host") or []
             if len(set(hosts)) == 1:
                 request.requestHeaders.setRawHeaders(b"host", hosts[:1])
+            # max_head_size, as the HTTP/1.1 parser applies it (HPACK-decoded size, per stream).
+            size = len(request.method) + len(request.uri) + sum(
+                len(n) + len(v) + 4 for n, v in _raw_pairs(request.requestHeaders))
+            if size > self.channel.factory.limits.max_head_size:
+                self.respond_locally(431, "request-head-too-large")
+                return
         problem = check_request(request.uri, request.clientproto,
                                 request.requestHeaders.getRawHeaders(b"host"),
                                 self.channel.server_name, request.method)
@@ -286,7 +293,10 @@ class Exchange:
             return
         if self.request.expects_continue and not self.body_complete:
             # RFC 9110 §10.1.1: only now, allowed, may the client send its body.
-            self.channel.tls.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if self.http2:
+                self.stream._send100Continue()
+            else:
+                self.channel.tls.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request = self.request
         route = self._route
         upstream = route.upstream
@@ -529,7 +539,18 @@ class ProxyRequest(http.Request):
 
     defaultContentType = None  # noqa: N815  (Twisted) never invent a Content-Type the upstream did not send
     exchange: Exchange | None = None
-    expects_continue = False
+
+    def __init__(self, channel: Any, queued: object = None) -> None:
+        super().__init__(channel)
+        self.requestHeaders = _RequestHeaders()
+
+    @property
+    def expects_continue(self) -> bool:
+        """The client sent ``Expect: 100-continue`` (HTTP/1.1 or HTTP/2)."""
+        headers = self.requestHeaders
+        assert isinstance(headers, _RequestHeaders)
+        return self.clientproto in (b"HTTP/1.1", b"HTTP/2") and any(
+            value.strip().lower() == b"100-continue" for value in headers.expect)
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802
         self.content = io.BytesIO()  # Twisted's requestReceived expects a file; never filled
@@ -546,12 +567,7 @@ class ProxyRequest(http.Request):
             self.method, self.uri, self.clientproto = (
                 channel.command or b"", channel.path or b"", b"HTTP/2")
         self.path = self.uri.split(b"?", 1)[0]
-        # Answer Expect: 100-continue ourselves, after authorization (Twisted would answer it as
-        # soon as this method returns, before any decision).
-        expect = self.requestHeaders.getRawHeaders(b"expect") or []
-        self.requestHeaders.removeHeader(b"expect")
-        self.expects_continue = self.clientproto == b"HTTP/1.1" and any(
-            value.strip().lower() == b"100-continue" for value in expect)
+
         self.exchange = Exchange(self, connection, stream, length)
         if stream is channel:
             # HTTP/2 calls gotLength on reaching a content-length header, before the headers
@@ -571,6 +587,37 @@ class ProxyRequest(http.Request):
     def process(self) -> None:
         if self.exchange is not None:
             self.exchange.body_done()
+
+
+class _RequestHeaders(Headers):
+    """Request headers that keep ``Expect`` aside as they arrive.
+
+    The gateway answers ``Expect: 100-continue`` itself, after authorization; Twisted (HTTP/1.1
+    and HTTP/2 alike) would answer it as soon as the head is parsed, before any decision.
+    ``Expect`` is hop-by-hop for a proxy anyway (never forwarded).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expect: list[bytes] = []
+
+    def addRawHeader(self, name: str | bytes, value: str | bytes) -> None:  # noqa: N802
+        if _is_expect(name):
+            self.expect.append(value.encode("latin-1") if isinstance(value, str) else value)
+            return
+        super().addRawHeader(name, value)
+
+    def setRawHeaders(  # noqa: N802  (Twisted's HTTP/2 layer adds headers with this)
+        self, name: str | bytes, values: Sequence[str | bytes]
+    ) -> None:
+        if _is_expect(name):
+            self.expect = [v.encode("latin-1") if isinstance(v, str) else v for v in values]
+            return
+        super().setRawHeaders(name, values)
+
+
+def _is_expect(name: str | bytes) -> bool:
+    return (name.encode("latin-1") if isinstance(name, str) else name).lower() == b"expect"
 
 
 class _Discard(Protocol):

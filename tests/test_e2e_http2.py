@@ -183,3 +183,54 @@ def test_http2_bad_method_and_pathless_connect_are_refused_per_stream(gateway, p
     assert [r["path"] for r in upstream.requests] == ["/after-bad"]
     log = gateway.wait_log("reason=invalid-method")
     assert 'method="GET /admin HTTP/1.1" path=' in log  # quoted: no field can be forged
+
+
+def test_http2_request_head_over_max_head_size_is_431_on_its_stream(start_gateway, pki, upstream):
+    gateway = start_gateway({"tls": {"http2": "yes"}, "gateway": {"max_head_size": "4096"}})
+    upstream.clear()
+    base = [(":method", "GET"), (":scheme", "https"), (":authority", f"localhost:{gateway.port}")]
+    big = [*base, (":path", "/big"), ("x-big", "a" * 6000)]
+    small = [*base, (":path", "/small")]
+    assert _h2_exchange(gateway, pki, [big, small]) == [b"431", b"200"]
+    assert [r["path"] for r in upstream.requests] == ["/small"]
+
+
+def test_http2_100_continue_only_after_authorization(gateway, pki, upstream):
+    import socket
+    import ssl
+
+    import h2.connection
+    import h2.events
+
+    def exchange(files, path):
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        context.load_cert_chain(str(files.cert), str(files.key))
+        context.set_alpn_protocols(["h2"])
+        events = []
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            conn = h2.connection.H2Connection()
+            conn.initiate_connection()
+            conn.send_headers(1, [(":method", "POST"), (":scheme", "https"),
+                                  (":authority", f"localhost:{gateway.port}"), (":path", path),
+                                  ("content-length", "5"), ("expect", "100-continue")])
+            tls.sendall(conn.data_to_send())
+            while not any(isinstance(e, h2.events.StreamEnded | h2.events.StreamReset)
+                          for e in events):
+                data = tls.recv(65536)
+                assert data
+                for event in conn.receive_data(data):
+                    events.append(event)
+                    if isinstance(event, h2.events.InformationalResponseReceived):
+                        conn.send_data(1, b"hello", end_stream=True)
+                tls.sendall(conn.data_to_send())
+        return [(type(e).__name__, dict(e.headers).get(b":status")) for e in events
+                if isinstance(e, h2.events.InformationalResponseReceived
+                              | h2.events.ResponseReceived)]
+
+    upstream.clear()
+    assert exchange(pki.bob(), "/h2-expect-denied") == [("ResponseReceived", b"403")]
+    assert upstream.requests == []
+    assert exchange(pki.alice(), "/h2-expect") == [
+        ("InformationalResponseReceived", b"100"), ("ResponseReceived", b"200")]
+    assert upstream.last()["body_length"] == 5
