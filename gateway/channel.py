@@ -61,7 +61,8 @@ def reason_phrase(code: int) -> bytes:
 
 @implementer(IHandshakeListener)
 class GatewayChannel(http.HTTPChannel):
-    """HTTP/1.1 over a TLS connection whose client identity is known once the handshake is done.
+    """HTTP/1.1 (or, when ALPN chose ``h2``, HTTP/2 through Twisted's H2Connection) over a TLS
+    connection whose client identity is known once the handshake is done.
 
     ``identity`` is the :class:`ClientIdentity` of the verified leaf, or ``None`` when the client
     sent no certificate (only possible with ``client_auth = optional``). ``server_name`` is the SNI
