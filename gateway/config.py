@@ -134,6 +134,7 @@ class ListenerSettings:
     listen: str
     tls: bool
     location: Location
+    reuse_port: tuple[int, str, int] | None = None  # (port, interface, backlog) with reuse_port
 
 
 @attrs.frozen
@@ -184,7 +185,7 @@ _UPSTREAM_KEYS = {
     "upstream_server_name",
     "host_header",
 }
-_LISTENER_KEYS = {"listen", "tls", "allow_non_loopback"}
+_LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port"}
 _ROUTE_KEYS = _UPSTREAM_KEYS | {
     "listener", "prefix", "host", "strip_prefix", "policy", "authorizers", "header_prefix",
     "forward_certificate",
@@ -342,22 +343,31 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
     from twisted.internet.endpoints import _parseServer
 
     try:
-        kind, _args, kwargs = _parseServer(raw, None)
+        _kind, args, kwargs = _parseServer(raw, None)
     except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
         raise loc.error(f"not a Twisted server endpoint description ({exc!s})") from None
     tls = section.boolean("tls", True)
+    kind = raw.split(":", 1)[0].strip().lower()  # tcp, tcp6, unix, systemd, …
     exposed = not tls and not section.boolean("allow_non_loopback", False)
-    if exposed and not _loopback_only(str(kind), kwargs):
+    if exposed and not _loopback_only(kind, kwargs):
         raise loc.error(
             "a listener with tls = off must listen on loopback (interface=127.0.0.1 or ::1)"
             " or a unix socket; set allow_non_loopback = yes to override")
-    return ListenerSettings(name, raw, tls, section.location)
+    reuse_port = None
+    if section.boolean("reuse_port", False):
+        if kind not in ("tcp", "tcp6"):
+            raise section.location.at("reuse_port", section.get("reuse_port")).error(
+                "needs a tcp: or tcp6: listen description")
+        default = "::" if kind == "tcp6" else "0.0.0.0"  # noqa: S104
+        reuse_port = (int(args[0]), str(kwargs.get("interface") or default),
+                      int(str(kwargs.get("backlog") or 50)))
+    return ListenerSettings(name, raw, tls, section.location, reuse_port)
 
 
 def _loopback_only(kind: str, kwargs: Mapping[str, object]) -> bool:
-    if kind.lower() == "unix":
+    if kind == "unix":
         return True
-    if kind.lower() not in ("tcp", "tcp6"):
+    if kind not in ("tcp", "tcp6"):
         return False  # systemd:, ssl:, … : cannot tell
     try:
         return ipaddress.ip_address(str(kwargs.get("interface", ""))).is_loopback

@@ -30,6 +30,7 @@ from gateway.authz.policy import Policy
 from gateway.authz.registry import available_types, build_authorizers
 from gateway.channel import GatewayHTTPFactory
 from gateway.proxy import ProxyRequest, Route
+from gateway.reuseport import ReusePortEndpoint
 from gateway.routes import RouteTable
 from gateway.tls import ServerConnectionCreator, build_context
 from gateway.upstream import Upstream, UpstreamTLS
@@ -106,7 +107,8 @@ class GatewayService(MultiService):
                                          listener.tls, reactor)
             factory.routes = generation.tables[listener.name]
             self.factories[listener.name] = factory
-            endpoint = serverFromString(reactor, listener.listen)
+            endpoint: Any = (ReusePortEndpoint(reactor, *listener.reuse_port)
+                             if listener.reuse_port else serverFromString(reactor, listener.listen))
             if self.creator is not None and listener.tls:
                 endpoint = wrapServerTLS(self.creator, endpoint)
             service = StreamServerEndpointService(endpoint, factory)

@@ -147,3 +147,23 @@ def test_a_port_in_use_stops_the_start_with_one_line(tmp_path, pki, upstream):
     assert process.returncode == 1
     assert f"[gateway] listen = 'tcp:{port}:interface=127.0.0.1': cannot listen" in out + err
     assert "Traceback" not in out + err
+
+
+def test_reuse_port_lets_two_gateways_share_a_port(tmp_path, pki, upstream):
+    from harness import Gateway, free_port
+
+    port = free_port()
+    sections = base_sections(pki, upstream.url)
+    sections["gateway"].update({"listen": f"tcp:{port}:interface=127.0.0.1",
+                                "reuse_port": "yes"})
+    first = Gateway(tmp_path / "one", sections)
+    second = Gateway(tmp_path / "two", sections)
+    try:
+        alice = pki.alice()
+        for _ in range(24):  # new connections: the kernel spreads them over both processes
+            assert https_request(port, client_context(pki.ca, alice.cert, alice.key))[0] == 200
+        assert first.process.poll() is None and second.process.poll() is None
+        assert "mtlsgw.access" in first.log() and "mtlsgw.access" in second.log()
+    finally:
+        first.stop()
+        second.stop()
