@@ -29,6 +29,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on `port` (SO_REUSEPORT allows several): /proc/net/tcp*."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        n += 1
+        except (OSError, IndexError, ValueError):
+            pass
+    return n
+
+
 class Proc:
     """A child in its own session: stop() ends it and all it forked, by its id only."""
 

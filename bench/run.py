@@ -37,7 +37,8 @@ from procs import Proc, StartupError  # noqa: E402
 
 GIB = 1 << 30
 TARGETS = ("mtlsgw", "nginx")
-SCENARIOS = ("keepalive", "handshake", "latency", "transfer", "idle")  # the order they run in
+# the order they run in; "multi" is N mtlsgw processes against nginx with N workers (--processes)
+SCENARIOS = ("keepalive", "handshake", "latency", "transfer", "idle", "multi")
 Run = dict[str, Any]
 
 
@@ -124,7 +125,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.procs: list[Proc] = []
-        self.proxies: dict[str, Proc] = {}
+        self.proxies: dict[str, Proc] = {}  # the single-process proxies
+        self.active: dict[str, list[Proc]] = {}  # the processes measured now, per target
         self.run_dir = Path(tempfile.mkdtemp(prefix="mtlsgw-bench-"))
         self.fd_limit = 0
         self.retries_left = args.retries
@@ -145,6 +147,20 @@ class Bench:
         p = Proc(name, argv, self.run_dir / f"{name}.log", env=env, cwd=str(REPO))
         self.procs.append(p)
         return p
+
+    def stop_proc(self, p: Proc) -> None:
+        p.stop()
+        self.procs.remove(p)
+
+    def proxy_pids(self, target: str) -> list[int]:
+        """The measured proxy's processes: every mtlsgw process, nginx's master and workers."""
+        return [pid for p in self.active.get(target, []) for pid in p.pids()]
+
+    def check_alive(self) -> None:
+        for ps in self.active.values():
+            for p in ps:
+                if not p.alive():
+                    raise SystemExit(f"{p.name} died during the run; its log ends:\n{p.log_tail()}")
 
     def stop_all(self) -> None:
         for p in reversed(self.procs):
@@ -168,7 +184,7 @@ class Bench:
         self.blob = self.sparse_file(a.transfer_bytes)
 
         self.ports = {name: procs.free_port() for name in ("upstream", *TARGETS)}
-        values = {
+        self.values = values = {
             "RUN": str(self.run_dir),
             "PKI": self.pki["dir"],
             "UPSTREAM_PORT": str(self.ports["upstream"]),
@@ -184,29 +200,40 @@ class Bench:
         self.upstream = up
 
         if "nginx" in a.targets:
-            self.start_nginx(dict(values, PORT=str(self.ports["nginx"])))
+            self.proxies["nginx"] = self.start_nginx(dict(values, PORT=str(self.ports["nginx"])))
         if "mtlsgw" in a.targets:
-            self.start_mtlsgw(dict(values, PORT=str(self.ports["mtlsgw"])))
+            values = dict(values, PORT=str(self.ports["mtlsgw"]), REUSE_PORT="")
+            ini = fill(BENCH / "conf/mtlsgw.ini", self.run_dir / "mtlsgw.ini", values)
+            self.proxies["mtlsgw"] = self.start_mtlsgw(ini)
+        self.active = {t: [p] for t, p in self.proxies.items()}
 
-    def start_nginx(self, values: dict[str, str]) -> None:
+    def start_nginx(self, values: dict[str, str], workers: int = 1) -> Proc:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(nginx):
             raise SystemExit(
                 "nginx is missing: apt-get install -y nginx (bench/run does it as root)"
             )
+        name = "nginx" if workers == 1 else f"nginx-{workers}w"
+        stem = "nginx-edge" if workers == 1 else f"nginx-edge-{workers}w"
+        values = dict(values, WORKERS=str(workers), NAME=stem)
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (self.run_dir / "nginx-edge-tmp" / sub).mkdir(parents=True, exist_ok=True)
-        conf = fill(BENCH / "conf/nginx-edge.conf", self.run_dir / "nginx-edge.conf", values)
-        errlog = self.run_dir / "nginx-edge.error.log"
+            (self.run_dir / f"{stem}-tmp" / sub).mkdir(parents=True, exist_ok=True)
+        conf = fill(BENCH / "conf/nginx-edge.conf", self.run_dir / f"{stem}.conf", values)
+        errlog = self.run_dir / f"{stem}.error.log"
         argv = [nginx, "-p", str(self.run_dir), "-c", str(conf), "-e", str(errlog)]
-        p = self.start("nginx", argv)
-        took = procs.wait_ready(p, lambda: self._ready("nginx"), 20, "nginx")
-        log(f"nginx is up on 127.0.0.1:{self.ports['nginx']} ({took:.1f} s)")
-        self.proxies["nginx"] = p
+        p = self.start(name, argv)
 
-    def start_mtlsgw(self, values: dict[str, str]) -> None:
+        def ready() -> bool:  # answers, and the master has forked all its workers
+            return self._ready("nginx") and len(p.pids()) >= workers + 1
+
+        took = procs.wait_ready(p, ready, 20, name)
+        log(f"{name} is up on 127.0.0.1:{self.ports['nginx']} ({took:.1f} s)")
+        return p
+
+    def start_mtlsgw(self, ini: Path, name: str = "mtlsgw", listeners: int = 1) -> Proc:
+        """Start one mtlsgw process; ready once it answers and `listeners` sockets listen on the
+        port (with reuse_port each process has its own, so the i-th process makes i)."""
         a = self.args
-        ini = fill(BENCH / "conf/mtlsgw.ini", self.run_dir / "mtlsgw.ini", values)
         if a.gateway_cmd:
             argv = [part.replace("{config}", str(ini)) for part in a.gateway_cmd.split()]
         else:
@@ -218,10 +245,15 @@ class Bench:
         path = [str(REPO), os.environ.get("PYTHONPATH", "")]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
         env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-        p = self.start("mtlsgw", argv, env=env)
-        took = procs.wait_ready(p, lambda: self._ready("mtlsgw"), a.gateway_timeout, "mtlsgw")
-        log(f"mtlsgw is up on 127.0.0.1:{self.ports['mtlsgw']} ({took:.1f} s): {' '.join(argv)}")
-        self.proxies["mtlsgw"] = p
+        p = self.start(name, argv, env=env)
+        port = self.ports["mtlsgw"]
+
+        def ready() -> bool:
+            return procs.listening_sockets(port) >= listeners and self._ready("mtlsgw")
+
+        took = procs.wait_ready(p, ready, a.gateway_timeout, name)
+        log(f"{name} is up on 127.0.0.1:{port} ({took:.1f} s): {' '.join(argv)}")
+        return p
 
     def _ready(self, target: str) -> bool:
         port = self.ports[target]
@@ -351,12 +383,19 @@ class Bench:
 
     def measured(self, target: str, fn: Callable[[], Run]) -> Run:
         """Run fn() and add the proxy's CPU use and the upstream connections opened meanwhile."""
-        pids = self.proxies[target].pids() if target in self.proxies else []
+        pids = self.proxy_pids(target)
+        each0 = {pid: procs.cpu_seconds([pid]) for pid in pids}
         s0 = self.upstream_stats()
+        t0 = time.monotonic()
         with procs.CpuAccount(pids, self.upstream.pids()) as cpu:
             out = fn()
+        wall = max(time.monotonic() - t0, 1e-6)
         s1 = self.upstream_stats()
         out.update(cpu.result)
+        if len(pids) > 1:
+            # how the work spread over the processes (nginx: the master's share is near 0)
+            each = [100 * (procs.cpu_seconds([pid]) - c) / wall for pid, c in each0.items()]
+            out["proxy_cpu_pct_each"] = sorted(each, reverse=True)
         # less the connection that fetched s1 itself
         out["upstream_conns_opened"] = s1["conns_opened"] - s0["conns_opened"] - 1
         out["upstream_requests"] = s1["requests"] - s0["requests"]
@@ -436,7 +475,7 @@ class Bench:
     def transfer(self, t: str, direction: str) -> Run:
         a = self.args
         n = a.transfer_bytes
-        pids = self.proxies[t].pids()
+        pids = self.proxy_pids(t)
         base = procs.rss_kib(pids)
         hwm_ok = procs.reset_peak(pids)
         with procs.CpuAccount(pids, self.upstream.pids()) as cpu, procs.PeakSampler(pids) as peak:
@@ -466,9 +505,8 @@ class Bench:
 
     def idle(self, t: str) -> Run:
         a = self.args
-        p = self.proxies[t]
         time.sleep(1)
-        base = procs.rss_kib(p.pids())
+        base = procs.rss_kib(self.proxy_pids(t))
         argv = [sys.executable, str(BENCH / "aioclient.py"), "idle", "--url", self.url(t, "/small")]
         argv += ["-n", str(a.idle_conns), "--hold", str(a.idle_hold_max), *self.cert_args()]
         drv = subprocess.Popen(
@@ -483,7 +521,7 @@ class Bench:
             est = read_json_line(drv, a.idle_hold_max) or {}
             if not est.get("established"):
                 return {"error": f"no connection established: {est or 'driver gave no answer'}"}
-            pids = p.pids()
+            pids = self.proxy_pids(t)
             samples = []
             for _ in range(max(4, int(a.idle_settle / 0.25))):  # settle, sampling as it goes
                 time.sleep(0.25)
@@ -513,11 +551,38 @@ class Bench:
             "rss_before_mib": base / 1024,
             "rss_mib": rss / 1024,
             "kib_per_conn": (rss - base) / n,
-            "rss_after_close_mib": procs.rss_kib(p.pids()) / 1024,
+            "rss_after_close_mib": procs.rss_kib(self.proxy_pids(t)) / 1024,
         }
 
     def sc_idle(self) -> None:
         self.alternate("idle", self.idle, rounds=self.args.idle_rounds)
+
+    def sc_multi(self) -> None:
+        """N against N: N mtlsgw processes with reuse_port = yes on one port (otherwise the same
+        configuration) against nginx with worker_processes N; keep-alive and new-connection runs."""
+        a = self.args
+        n = a.processes
+        self.check_alive()
+        for p in self.proxies.values():  # done with the single-process proxies
+            self.stop_proc(p)
+        self.active = {}
+        self.ports.update({t: procs.free_port() for t in a.targets})
+        if "nginx" in a.targets:
+            values = dict(self.values, PORT=str(self.ports["nginx"]))
+            self.active["nginx"] = [self.start_nginx(values, workers=n)]
+        if "mtlsgw" in a.targets:
+            values = dict(
+                self.values, PORT=str(self.ports["mtlsgw"]), REUSE_PORT="reuse_port = yes"
+            )
+            ini = fill(BENCH / "conf/mtlsgw.ini", self.run_dir / f"mtlsgw-{n}p.ini", values)
+            self.active["mtlsgw"] = [
+                self.start_mtlsgw(ini, f"mtlsgw-{n}p-{i}", listeners=i) for i in range(1, n + 1)
+            ]
+        self.warmup()
+        conc, hconc = a.concurrency, a.handshake_concurrency
+        self.alternate("multi_keepalive", lambda t: self.loadgen_run(t, conc, a.duration))
+        self.alternate("multi_handshake", lambda t: self.loadgen_run(t, hconc, a.duration, False))
+        self.check_alive()
 
     # ---- the run -------------------------------------------------------------------------------
 
@@ -548,13 +613,17 @@ class Bench:
                 if s in self.args.scenarios:
                     log(f"--- {s}")
                     getattr(self, f"sc_{s}")()
-            for t, p in self.proxies.items():
-                if not p.alive():
-                    raise SystemExit(f"{t} died during the run; its log ends:\n{p.log_tail()}")
+            self.check_alive()
         finally:
             for t, p in self.proxies.items():
                 self.results.setdefault("logs", {})[t] = p.log_tail(15)
                 self.results.setdefault("log_lines", {})[t] = count_lines(p.log)
+            if "multi" in self.args.scenarios:
+                multi = self.results.setdefault("multi", {"processes": self.args.processes})
+                for p in (p for ps in self.active.values() for p in ps):
+                    if p not in self.proxies.values():
+                        multi.setdefault("logs", {})[p.name] = p.log_tail(15)
+                        multi.setdefault("log_lines", {})[p.name] = count_lines(p.log)
             self.stop_all()
             if self.args.keep:
                 log(f"kept {self.run_dir}")
@@ -693,6 +762,52 @@ def runs_of(res: dict[str, Any], scen: str, target: str) -> list[Run]:
     return [r for r in runs if r["target"] == target]
 
 
+def scen_median(
+    res: dict[str, Any], scen: str, target: str, key: str, complete: bool = False
+) -> float | None:
+    """The median of `key` over a scenario's runs of one target, leaving out noisy rounds."""
+    runs = [r for r in runs_of(res, scen, target) if not r.get("error") or complete]
+    runs = [r for r in runs if not r.get("noisy")]
+    if complete:
+        runs = [r for r in runs if r.get("complete")]
+    return median([r.get(key) for r in runs])
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b is not None and a >= 0 and b > 0 else None
+
+
+# What is measured both one against one and N against N: (scenario, key, label, unit, digits).
+# The proxy CPU rows appear only in the N-against-N table of docs/performance.md.
+SCALED = (
+    ("keepalive", "rps", "keep-alive small GET, {c} connections", "req/s", 0),
+    ("keepalive", "p50_ms", "keep-alive small GET: p50 latency", "ms", 2),
+    ("keepalive", "p99_ms", "keep-alive small GET: p99 latency", "ms", 2),
+    ("keepalive", "rps_per_core", "keep-alive small GET per core of proxy CPU", "req/s", 0),
+    ("keepalive", "proxy_cpu_pct", "keep-alive small GET: proxy CPU, all processes", "%", 0),
+    ("handshake", "rps", "new mTLS connection per request, {hc} at once", "req/s", 0),
+    (
+        "handshake",
+        "rps_per_core",
+        "new mTLS connection per request per core of proxy CPU",
+        "req/s",
+        0,
+    ),
+    (
+        "handshake",
+        "proxy_cpu_pct",
+        "new mTLS connection per request: proxy CPU, all processes",
+        "%",
+        0,
+    ),
+)
+
+
+def multi_label(res: dict[str, Any]) -> str:
+    n = res["settings"].get("processes") or 0
+    return f"{n} processes / {n} workers"
+
+
 def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The table: per metric the median over rounds for each target, and mtlsgw / nginx."""
     sc = res["scenarios"]
@@ -700,11 +815,7 @@ def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
     def med(scen: str, target: str, key: str, complete: bool = False) -> float | None:
-        runs = [r for r in runs_of(res, scen, target) if not r.get("error") or complete]
-        runs = [r for r in runs if not r.get("noisy")]
-        if complete:
-            runs = [r for r in runs if r.get("complete")]
-        return median([r.get(key) for r in runs])
+        return scen_median(res, scen, target, key, complete)
 
     def add(label: str, scen: str, key: str, unit: str, digits: int = 0, **kw: Any) -> None:
         if scen in sc:
@@ -752,9 +863,15 @@ def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     n = s["idle_conns"]
     add(f"{n:,} idle mTLS connections: RSS", "idle", "rss_mib", "MiB", 1)
     add(f"{n:,} idle mTLS connections: per connection", "idle", "kib_per_conn", "KiB", 1)
+    single = len(rows)
+    for scen, key, label, unit, digits in SCALED:
+        if key != "proxy_cpu_pct":
+            text = label.format(c=s["concurrency"], hc=s["handshake_concurrency"])
+            add(f"{multi_label(res)}: {text}", f"multi_{scen}", key, unit, digits)
+    for r in rows[single:]:
+        r["processes"] = s["processes"]
     for r in rows:
-        a, b = r.get("mtlsgw"), r.get("nginx")
-        r["ratio"] = a / b if a is not None and b is not None and a >= 0 and b > 0 else None
+        r["ratio"] = ratio(r.get("mtlsgw"), r.get("nginx"))
     return rows
 
 
@@ -794,13 +911,28 @@ def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
     def complete(rr: list[Run]) -> str:
         return f"{sum(1 for r in rr if r.get('complete'))} / {len(rr)}"
 
+    def split(rr: list[Run]) -> str:
+        # per process, busiest first: the median over rounds of the busiest, the second, …
+        each = [
+            r["proxy_cpu_pct_each"]
+            for r in rr
+            if r.get("proxy_cpu_pct_each") and not r.get("noisy")
+        ]
+        n = res["settings"].get("processes") or 0
+        parts = [median([e[i] for e in each if len(e) > i]) for i in range(n)]
+        return " + ".join(f"{v:.0f}%" for v in parts if v is not None) or "—"
+
+    m = multi_label(res)
     names = {
         "keepalive": "keep-alive GET",
         "handshake": "new connection per request",
         "latency": "fixed-rate latency",
         "upload": "upload",
         "download": "download",
+        "multi_keepalive": f"{m}: keep-alive GET",
+        "multi_handshake": f"{m}: new connection per request",
     }
+    conn_scens = ("keepalive", "handshake", "latency", "multi_keepalive", "multi_handshake")
 
     def other(rr: list[Run]) -> str:
         kept = [r for r in rr if not r.get("noisy")]
@@ -814,9 +946,12 @@ def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         row(f"{label}: proxy CPU (100% = one core)", scen, cpu)
     for scen, label in names.items():
         row(f"{label}: CPU used outside the benchmark", scen, other)
-    for scen in ("keepalive", "handshake", "latency"):
+    for scen in ("multi_keepalive", "multi_handshake"):
+        label = f"{names[scen]}: proxy CPU per process, busiest first (nginx: workers)"
+        row(label, scen, split)
+    for scen in conn_scens:
         row(f"{names[scen]}: upstream connections opened per 1,000 requests", scen, reuse)
-    for scen in ("keepalive", "handshake", "latency"):
+    for scen in conn_scens:
         row(f"{names[scen]}: errors, all rounds", scen, errors)
     row("idle connections still open / closed by the proxy when checked", "idle", idle)
     row("upload: complete transfers / runs", "upload", complete)
@@ -825,15 +960,59 @@ def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def table_markdown(res: dict[str, Any]) -> str:
+    """The one-against-one rows (the N-against-N ones have their own table)."""
     lines = [
         "| metric | mtlsgw (1 process) | nginx (1 worker) | mtlsgw / nginx |",
         "|---|--:|--:|--:|",
     ]
     for r in summary_rows(res):
+        if r.get("processes"):
+            continue
         d = r["digits"]
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "—"
         a, b = fmt_num(r["mtlsgw"], d), fmt_num(r["nginx"], d)
         lines.append(f"| {r['metric']} ({r['unit']}) | {a} | {b} | {ratio} |")
+    return "\n".join(lines)
+
+
+def multi_markdown(res: dict[str, Any]) -> str:
+    """One against one beside N against N, and what N processes / workers gave over one."""
+    s = res["settings"]
+    n = s.get("processes") or 0
+    lines = [
+        f"| metric | mtlsgw ×1 | nginx ×1 | mtlsgw / nginx ×1 | mtlsgw ×{n} | nginx ×{n} "
+        f"| mtlsgw / nginx ×{n} | mtlsgw ×{n} / ×1 | nginx ×{n} / ×1 |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+
+    def r2(x: float | None) -> str:
+        return f"{x:.2f}" if x is not None else "—"
+
+    for scen, key, label, unit, d in SCALED:
+        one = {t: scen_median(res, scen, t, key) for t in TARGETS}
+        many = {t: scen_median(res, f"multi_{scen}", t, key) for t in TARGETS}
+        text = label.format(c=s["concurrency"], hc=s["handshake_concurrency"])
+        cells = [
+            fmt_num(one["mtlsgw"], d),
+            fmt_num(one["nginx"], d),
+            r2(ratio(one["mtlsgw"], one["nginx"])),
+            fmt_num(many["mtlsgw"], d),
+            fmt_num(many["nginx"], d),
+            r2(ratio(many["mtlsgw"], many["nginx"])),
+            r2(ratio(many["mtlsgw"], one["mtlsgw"])),
+            r2(ratio(many["nginx"], one["nginx"])),
+        ]
+        if unit == "%":
+            for i, v in (
+                (0, one["mtlsgw"]),
+                (1, one["nginx"]),
+                (3, many["mtlsgw"]),
+                (4, many["nginx"]),
+            ):
+                cells[i] = f"{v:.0f}%" if v is not None else "—"
+            lines.append(f"| {text} (100% = one core) | " + " | ".join(cells) + " |")
+        else:
+            lines.append(f"| {text} ({unit}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -867,6 +1046,10 @@ def write_docs(res: dict[str, Any], json_path: Path, dest: Path) -> None:
         h = checks["identity_headers"].get(t, {}).get("identity_headers", {})
         return "<br>".join(f"`{k}: {', '.join(v)}`" for k, v in h.items()) or "—"
 
+    # the access log lines of the single process and of the N processes
+    multi_lines = (res.get("multi") or {}).get("log_lines", {})
+    gw_lines = res.get("log_lines", {}).get("mtlsgw", 0)
+    gw_lines += sum(v for k, v in multi_lines.items() if k.startswith("mtlsgw"))
     values = dict(
         s,
         finished=res["finished"],
@@ -874,6 +1057,7 @@ def write_docs(res: dict[str, Any], json_path: Path, dest: Path) -> None:
         wall_minutes=res["wall_seconds"] / 60,
         json_name=json_path.name,
         table=table_markdown(res),
+        multi_table=multi_markdown(res),
         health=health_markdown(res),
         direct_p50=fmt_num(median([r.get("p50_ms") for r in lat]), 2),
         direct_p99=fmt_num(median([r.get("p99_ms") for r in lat]), 2),
@@ -884,7 +1068,7 @@ def write_docs(res: dict[str, Any], json_path: Path, dest: Path) -> None:
         headers_nginx=headers("nginx"),
         nocert_mtlsgw=checks["no_client_certificate"]["mtlsgw"]["outcome"][:90],
         nocert_nginx=checks["no_client_certificate"]["nginx"]["outcome"][:90],
-        log_lines_mtlsgw=f"{res.get('log_lines', {}).get('mtlsgw', 0):,}",
+        log_lines_mtlsgw=f"{gw_lines:,}",
         log_lines_nginx=f"{res.get('log_lines', {}).get('nginx', 0):,}",
         expect_mtlsgw=checks["expect_100_continue_2MiB"]["mtlsgw"]["time_total"],
         expect_nginx=checks["expect_100_continue_2MiB"]["nginx"]["time_total"],
@@ -933,6 +1117,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "makes a round noisy: repeated, left out of the medians (25)",
     )
     add("--retries", type=int, default=4, help="noisy rounds repeated per run at most (4)")
+    add(
+        "--processes",
+        type=int,
+        default=2,
+        help="N of the N-against-N runs: N mtlsgw processes with reuse_port = yes on one port "
+        "against nginx with N workers, keep-alive and new-connection runs; 0 skips them (2)",
+    )
     add("--upstream-procs", type=int, default=1, help="GOMAXPROCS of the upstream (1)")
     add("--targets", default=",".join(TARGETS), help="comma list of mtlsgw,nginx (both)")
     add("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {','.join(SCENARIOS)}")
@@ -967,6 +1158,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for s in a.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
+    if a.processes < 0:
+        p.error("--processes must be 0 (skip) or more")
+    if a.processes == 0:
+        a.scenarios = [s for s in a.scenarios if s != "multi"]
     return a
 
 
@@ -1005,7 +1200,9 @@ def main() -> int:
         res = Bench(args).run()
     except StartupError as exc:
         log(f"FAILED: {exc}")
-        if str(exc).startswith("mtlsgw"):
+        if str(exc).startswith("mtlsgw-"):
+            log("`bench/run --processes 0` skips the N-against-N runs meanwhile.")
+        elif str(exc).startswith("mtlsgw"):
             log("`bench/run --targets nginx` benchmarks nginx alone meanwhile.")
         return 3
     res["wall_seconds"] = round(time.monotonic() - t0, 1)

@@ -252,7 +252,11 @@ class Gateway:
         self.log_path = directory / "gw.log"
         self.process = run_twistd(self.config, self.log_path, env)
         self.url = f"https://localhost:{self.port}"
-        wait_for(self._ready, "the gateway to listen")
+        try:
+            wait_for(self._ready, "the gateway to listen")
+        except BaseException:
+            self.stop()  # never leave a half-started gateway behind
+            raise
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
