@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import signal
+import socket
+import ssl
+import time
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from harness import curl, headers_of, pattern_sha256
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+@contextlib.contextmanager
+def h2_socket(gateway, pki, files=None):
+    """A TLS socket to *gateway* with ALPN h2 and a client certificate (alice by default)."""
+    files = files or pki.alice()
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(str(files.cert), str(files.key))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        yield tls
 
 
 @pytest.fixture(scope="module")
@@ -76,18 +99,9 @@ def test_http2_upstream_dying_mid_body_resets_the_stream_with_an_error(gateway, 
 
 
 def test_http2_idle_connection_is_closed(start_gateway, pki):
-    import socket
-    import ssl
-
     gateway = start_gateway({"tls": {"http2": "yes"}, "gateway": {"idle_timeout": "0.5"}})
-    alice = pki.alice()
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    context.load_cert_chain(str(alice.cert), str(alice.key))
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost") as tls:
-        assert tls.selected_alpn_protocol() == "h2"
-        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    with h2_socket(gateway, pki) as tls:
+        tls.sendall(PREFACE)
         # Read frames (RFC 9113 §4.1) until the gateway's GOAWAY (type 7) ends the idle connection.
         data, types = b"", []
         while 7 not in types:
@@ -110,20 +124,9 @@ def test_connect_method_is_refused(gateway, pki, upstream):
 def test_sigterm_closes_an_idle_http2_connection_without_waiting_for_drain_timeout(
     start_gateway, pki
 ):
-    import contextlib
-    import signal
-    import socket
-    import ssl
-    import time
-
     gateway = start_gateway({"tls": {"http2": "yes"}, "gateway": {"drain_timeout": "30"}})
-    alice = pki.alice()
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    context.load_cert_chain(str(alice.cert), str(alice.key))
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost") as tls:
-        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    with h2_socket(gateway, pki) as tls:
+        tls.sendall(PREFACE)
         tls.recv(65536)
         started = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
@@ -136,21 +139,9 @@ def test_sigterm_closes_an_idle_http2_connection_without_waiting_for_drain_timeo
 
 def _h2_exchange(gateway, pki, streams):
     """Send *streams* (lists of header pairs) on one HTTP/2 connection with the h2 library;
-    return {stream_id: status or 'reset'} once every stream has ended."""
-    import socket
-    import ssl
-
-    import h2.config
-    import h2.connection
-    import h2.events
-
-    alice = pki.alice()
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    context.load_cert_chain(str(alice.cert), str(alice.key))
-    context.set_alpn_protocols(["h2"])
+    return the statuses (or 'reset') in stream order once every stream has ended."""
     results: dict[int, object] = {}
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost") as tls:
+    with h2_socket(gateway, pki) as tls:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
                                       normalize_outbound_headers=False))
@@ -196,19 +187,9 @@ def test_http2_request_head_over_max_head_size_is_431_on_its_stream(start_gatewa
 
 
 def test_http2_100_continue_only_after_authorization(gateway, pki, upstream):
-    import socket
-    import ssl
-
-    import h2.connection
-    import h2.events
-
     def exchange(files, path):
-        context = ssl.create_default_context(cafile=str(pki.ca))
-        context.load_cert_chain(str(files.cert), str(files.key))
-        context.set_alpn_protocols(["h2"])
         events = []
-        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
-                context.wrap_socket(raw, server_hostname="localhost") as tls:
+        with h2_socket(gateway, pki, files) as tls:
             conn = h2.connection.H2Connection()
             conn.initiate_connection()
             conn.send_headers(1, [(":method", "POST"), (":scheme", "https"),
