@@ -70,7 +70,7 @@ def _dev_pki(args: argparse.Namespace) -> int:
 
 def _quickstart(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
-    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from gateway.demo import echo_factory
@@ -86,29 +86,31 @@ def _quickstart(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mtlsgw: {exc}", file=sys.stderr)
         return 1
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    demo = TCP4ServerEndpoint(reactor, args.upstream_port, interface="127.0.0.1")
-
-    def started(_: object) -> None:
+    try:
+        demo = reactor.listenTCP(args.upstream_port, echo_factory(), interface="127.0.0.1")
+    except CannotListenError as exc:
+        print(f"mtlsgw: cannot start the demo upstream on 127.0.0.1:{args.upstream_port} "
+              f"({exc.socketError}); choose another with --upstream-port", file=sys.stderr)
+        return 1
+    try:
+        service.privilegedStartService()
         service.startService()
-        print(
-            f"\nmtlsgw is running on https://localhost:{args.port}/ in front of a demo upstream "
-            f"on http://127.0.0.1:{args.upstream_port}/ (it echoes what it receives).\n"
-            f"Try it (in another terminal):\n\n"
-            f"  curl --cacert {pki.ca} --cert {pki.client_cert} --key {pki.client_key} "
-            f"https://localhost:{args.port}/hello\n\n"
-            f"Without a client certificate the TLS handshake fails:\n\n"
-            f"  curl --cacert {pki.ca} https://localhost:{args.port}/hello\n\n"
-            f"The same gateway under twistd: twistd --nodaemon --pidfile= mtlsgw --config {ini}\n"
-            f"(stop the quickstart first). Ctrl-C stops.\n",
-            flush=True,
-        )
-
-    def failed(failure: object) -> None:
-        print(f"mtlsgw: cannot start the demo upstream: {failure}", file=sys.stderr)
-        reactor.stop()
-
-    demo.listen(echo_factory()).addCallbacks(started, failed)
+    except SystemExit:  # the gateway's port is taken: it has said so in one line
+        demo.stopListening()
+        return 1
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    print(
+        f"\nmtlsgw is running on https://localhost:{args.port}/ in front of a demo upstream "
+        f"on http://127.0.0.1:{args.upstream_port}/ (it echoes what it receives).\n"
+        f"Try it (in another terminal):\n\n"
+        f"  curl --cacert {pki.ca} --cert {pki.client_cert} --key {pki.client_key} "
+        f"https://localhost:{args.port}/hello\n\n"
+        f"Without a client certificate the TLS handshake fails:\n\n"
+        f"  curl --cacert {pki.ca} https://localhost:{args.port}/hello\n\n"
+        f"The same gateway under twistd: twistd --nodaemon --pidfile= mtlsgw --config {ini}\n"
+        f"(stop the quickstart first). Ctrl-C stops.\n",
+        flush=True,
+    )
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0

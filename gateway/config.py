@@ -303,8 +303,9 @@ class _Section:
 
 
 def parse_list(raw: str) -> list[str]:
-    """Split a comma-separated list value (``alice, bob``) into its stripped, non-empty items."""
-    return [item.strip() for item in raw.split(",") if item.strip()]
+    """Split a list value into its stripped, non-empty items: separated by commas or by line
+    breaks (a value continued on indented lines), ``alice, bob``."""
+    return [item.strip() for item in re.split(r"[,\n]", raw) if item.strip()]
 
 
 def _read(path: Path) -> configparser.ConfigParser:
@@ -316,7 +317,7 @@ def _read(path: Path) -> configparser.ConfigParser:
     )
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # a BOM (Windows editors) is fine
             parser.read_file(handle, source=str(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
@@ -324,6 +325,17 @@ def _read(path: Path) -> configparser.ConfigParser:
         raise ConfigError(f"{path}: config file is not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(f"{path}: [{exc.section}] {exc.option}: the key is given twice "
+                          f"(line {exc.lineno})") from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(f"{path}: [{exc.section}]: the section is given twice "
+                          f"(line {exc.lineno})") from None
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(f"{path}: line {exc.lineno}: a key before any [section]") from None
+    except configparser.ParsingError as exc:
+        lines = ", ".join(str(number) for number, _ in exc.errors)
+        raise ConfigError(f"{path}: line {lines}: not a 'key = value' line") from None
     except configparser.Error as exc:
         raise ConfigError(f"{path}: {_one_line(str(exc))}") from None
     return parser
@@ -339,6 +351,10 @@ def _check_keys(section: _Section, values: Mapping[str, str], known: set[str]) -
 def _listener(section: _Section, name: str) -> ListenerSettings:
     raw = section.require("listen")
     loc = section.location.at("listen", raw)
+    kind = raw.split(":", 1)[0].strip().lower()  # tcp, tcp6, unix, systemd, …
+    if kind == "ssl":
+        raise loc.error("the gateway adds TLS itself ([tls]): give a plain endpoint (tcp:, unix:, "
+                        "systemd:)")
     # Parse now, without a reactor, so a typo fails at start with our one-line message.
     from twisted.internet.endpoints import _parseServer
 
@@ -347,7 +363,13 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
     except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
         raise loc.error(f"not a Twisted server endpoint description ({exc!s})") from None
     tls = section.boolean("tls", True)
-    kind = raw.split(":", 1)[0].strip().lower()  # tcp, tcp6, unix, systemd, …
+    if kind in ("tcp", "tcp6"):
+        try:
+            port = int(args[0])
+        except (ValueError, TypeError, IndexError):
+            raise loc.error("the port must be a number") from None
+        if not 0 <= port <= 65535:
+            raise loc.error("the port must be between 0 and 65535")
     exposed = not tls and not section.boolean("allow_non_loopback", False)
     if exposed and not _loopback_only(kind, kwargs):
         raise loc.error(
@@ -359,7 +381,7 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
             raise section.location.at("reuse_port", section.get("reuse_port")).error(
                 "needs a tcp: or tcp6: listen description")
         default = "::" if kind == "tcp6" else "0.0.0.0"  # noqa: S104
-        reuse_port = (int(args[0]), str(kwargs.get("interface") or default),
+        reuse_port = (port, str(kwargs.get("interface") or default),
                       int(str(kwargs.get("backlog") or 50)))
     return ListenerSettings(name, raw, tls, section.location, reuse_port)
 

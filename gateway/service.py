@@ -195,8 +195,7 @@ class GatewayService(MultiService):
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc))
             return False
-        if [(x.name, x.listen, x.tls) for x in new.settings.listeners] != [
-                (x.name, x.listen, x.tls) for x in old.settings.listeners]:
+        if new.settings.listeners != old.settings.listeners:
             # Routes are authorized by their listener's kind (TLS or plain): never mix the two.
             log.error("reload refused: listeners changed (listen, tls); restart to apply")
             for upstream in new.upstreams:

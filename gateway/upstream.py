@@ -76,6 +76,20 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
 
+class _Pool(HTTPConnectionPool):
+    """A pool that, once closed, closes connections handed back to it instead of keeping them:
+    after a reload, requests still in flight on the old upstream finish, then their connections
+    go (Twisted's pool would keep them until ``cachedConnectionTimeout``)."""
+
+    closed = False
+
+    def _putConnection(self, key: Any, connection: Any) -> None:  # noqa: N802
+        if self.closed:
+            connection.transport.loseConnection()
+            return
+        super()._putConnection(key, connection)
+
+
 @implementer(IAgentEndpointFactory)
 class _FixedEndpoint:
     def __init__(self, endpoint: Any) -> None:
@@ -94,7 +108,7 @@ class Upstream:
 
     def __init__(self, settings: UpstreamSettings, reactor: Any) -> None:
         self.settings = settings
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool = _Pool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = settings.pool_size
         self._pool._factory = _QuietClientFactory  # no "Starting factory" line per connection
         # One endpoint for every request: Agent would build (and IDNA-encode) one per request.
@@ -132,6 +146,7 @@ class Upstream:
 
     def close(self) -> Deferred[None]:
         """Close the idle pooled connections (on shutdown or when a reload replaces this)."""
+        self._pool.closed = True
         closed: Deferred[None] = self._pool.closeCachedConnections()
         return closed
 

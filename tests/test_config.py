@@ -364,10 +364,11 @@ def test_missing_config_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        pytest.param("[gateway]\nlisten = a\nlisten = b\n", "already exists",
+        pytest.param("[gateway]\nlisten = a\nlisten = b\n", "the key is given twice",
                      id="duplicate-key"),
-        pytest.param("[gateway]\n[gateway]\n", "already exists", id="duplicate-section"),
-        pytest.param("listen = tcp:8443\n", "no section header", id="no-section-header"),
+        pytest.param("[gateway]\n[gateway]\n", "the section is given twice",
+                     id="duplicate-section"),
+        pytest.param("listen = tcp:8443\n", "a key before any [section]", id="no-section-header"),
     ],
 )
 def test_ini_syntax_errors_are_one_line(tmp_path: Path, text: str, problem: str) -> None:

@@ -60,7 +60,11 @@ def build_authorizers(
         if kind is None:
             raise section.location.at("type", section.type).error(
                 f"unknown authorizer type (available: {', '.join(sorted(types))})")
-        accepted = frozenset(kind.keys)
+        try:
+            accepted = frozenset(kind.keys)
+        except TypeError:
+            raise section.location.at("type", section.type).error(
+                f"plugin {type(kind).__module__}: keys is not a set of option names") from None
         for key, value in section.options.items():
             if key not in accepted:
                 known = ", ".join(sorted(accepted | {"type"}))
@@ -70,6 +74,9 @@ def build_authorizers(
         except OptionError as exc:
             raise section.location.at(exc.key, section.options.get(exc.key, "")).error(
                 exc.problem) from None
+        except Exception as exc:  # a plugin bug: still one line, and a reload is refused
+            raise section.location.at("type", section.type).error(
+                f"plugin {type(kind).__module__} failed: {type(exc).__name__}: {exc}") from None
         if not IAuthorizer.providedBy(authorizer):
             raise section.location.at("type", section.type).error(
                 f"plugin {type(kind).__module__} built {authorizer!r}, not an IAuthorizer")
