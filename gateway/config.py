@@ -167,6 +167,7 @@ class GatewaySettings:
     tls: TLSSettings | None  # None when no listener uses TLS
     listeners: tuple[ListenerSettings, ...]  # "main" first
     routes: tuple[RouteSettings, ...]
+    authorizer_timeout: float = 5.0  # seconds an authorizer may take; then it counts as a denial
 
     @property
     def listen(self) -> str:
@@ -210,7 +211,7 @@ _TLS_KEYS = {
     "handshake_timeout",
     "http2",
 }
-_AUTHORIZE_KEYS = {"policy", "authorizers"}
+_AUTHORIZE_KEYS = {"policy", "authorizers", "timeout"}
 _HEADERS_KEYS = {"prefix", "forward_certificate"}
 _FIXED_SECTIONS = {
     "gateway": _GATEWAY_KEYS,
@@ -670,6 +671,7 @@ def load(path: str | Path) -> GatewaySettings:
             drain_timeout=gateway.seconds("drain_timeout", 10.0, allow_zero=True),
             access_log=gateway.choice("access_log", "all", ("all", "problems")),
         ),
+        authorizer_timeout=sections["authorize"].seconds("timeout", 5.0, allow_zero=True),
         tls=tls,
         listeners=tuple(listeners.values()),
         routes=tuple(routes),

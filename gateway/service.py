@@ -68,7 +68,8 @@ def validate(path: str | Path) -> Checked:
     types = available_types()
     policies = {}
     for route in settings.routes:
-        policies[route.name] = Policy(route.policy, build_authorizers(route.authorizers, types))
+        policies[route.name] = Policy(route.policy, build_authorizers(route.authorizers, types),
+                                      timeout=settings.authorizer_timeout)
         if route.upstream.scheme == "https":
             UpstreamTLS(route.upstream)
     return Checked(settings, context, policies)
@@ -85,7 +86,7 @@ def load_generation(path: str | Path, reactor: Any) -> Generation:
         upstreams.append(upstream)
         by_listener[route.listener].append(Route(
             route.name, route.prefix, route.host, route.strip_prefix,
-            checked.policies[route.name], route.headers, upstream))
+            attrs.evolve(checked.policies[route.name], clock=reactor), route.headers, upstream))
     tables = {name: RouteTable(routes) for name, routes in by_listener.items()}
     return Generation(settings, checked.context, tables, tuple(upstreams))
 

@@ -538,3 +538,30 @@ def test_build_authorizers_refuses_a_type_that_builds_no_authorizer() -> None:
     message = build_error(section("b", "broken"))
     assert message.startswith(f"{INI}: [authorizer:b] type = 'broken': plugin ")
     assert "not an IAuthorizer" in message
+
+
+def test_an_authorizer_that_does_not_decide_in_time_counts_as_a_denial() -> None:
+    from twisted.internet.task import Clock
+
+    class Never:
+        def authorize(self, identity, request):  # type: ignore[no-untyped-def]
+            return Deferred()
+
+    clock = Clock()
+    policy = Policy("any", [NamedAuthorizer("slow", Never())], timeout=2.0, clock=clock)
+    results: list[Decision] = []
+    policy.decide(None, request_info()).addCallback(results.append)
+    assert results == []
+    clock.advance(2.0)
+    assert results == [Decision(False, "authorizer-error", "slow")]
+
+
+def test_a_reason_that_is_not_a_reason_id_is_replaced() -> None:
+    class Chatty:
+        def authorize(self, identity, request):  # type: ignore[no-untyped-def]
+            return Decision.deny("nope authorizer=admin status=200")
+
+    results: list[Decision] = []
+    Policy("any", [NamedAuthorizer("chatty", Chatty())]).decide(None, request_info()).addCallback(
+        results.append)
+    assert results == [Decision(False, "invalid-reason-id", "chatty")]

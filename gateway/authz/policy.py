@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -13,6 +15,7 @@ from gateway.authz.interfaces import ClientIdentity, Decision, RequestInfo
 from gateway.authz.registry import NamedAuthorizer
 
 log = Logger()
+_REASON = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 @attrs.frozen
@@ -22,11 +25,16 @@ class Policy:
     ``mode`` is ``any``, ``all`` or ``open``. Authorizers are asked in configuration order and
     the walk stops as soon as the outcome is known. Fails closed: an authorizer that raises,
     fails its Deferred or returns something other than a :class:`Decision` counts as a denial
-    with reason ``authorizer-error`` (the error is logged, not sent to the client).
+    with reason ``authorizer-error`` (the error is logged, not sent to the client), and so does
+    one that has not decided within ``timeout`` seconds. A reason that is not a reason id
+    (lowercase letters, digits, ``.``, ``_``, ``-``; at most 64) is replaced by
+    ``invalid-reason-id``.
     """
 
     mode: str
     authorizers: Sequence[NamedAuthorizer]
+    timeout: float = 0.0  # seconds an authorizer may take; 0 = no limit (needs a clock)
+    clock: Any = None  # an IReactorTime, for the timeout
 
     def decide(self, identity: ClientIdentity | None, request: RequestInfo) -> Deferred[Decision]:
         """Return a Deferred firing with the combined :class:`Decision` (never failing).
@@ -45,6 +53,8 @@ class Policy:
             return succeed(last or Decision.deny("no-authorizer"))
         named = self.authorizers[index]
         d: Deferred[Decision] = maybeDeferred(named.authorizer.authorize, identity, request)
+        if self.timeout and self.clock is not None and not d.called:
+            d.addTimeout(self.timeout, self.clock)  # a slow authorizer fails closed
         d.addCallbacks(lambda r: _checked(named.name, r), lambda f: _failed(named.name, f))
 
         def next_step(decision: Decision) -> Deferred[Decision] | Decision:
@@ -65,6 +75,11 @@ def _checked(name: str, result: object) -> Decision:
         log.error("authorizer {name} returned {result!r}, not a Decision", name=name,
                   result=result)
         return Decision(False, "authorizer-error", name)
+    if not _REASON.fullmatch(result.reason):
+        # Reason ids go into the 403 body and the access line: keep them plain tokens.
+        log.error("authorizer {name} gave reason {reason!r}, not a reason id", name=name,
+                  reason=result.reason)
+        return Decision(result.allowed, "invalid-reason-id", name)
     return attrs.evolve(result, authorizer=name)
 
 
