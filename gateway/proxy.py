@@ -190,6 +190,7 @@ class Exchange:
         self.received_bytes = 0
         self.decision: Decision | None = None
         self.local_reason: str | None = None  # why the gateway answered by itself
+        self.client_host: bytes | None = None  # the request's Host, read once in start()
         self.upstream_status: int | str = "-"
         self.finished = False
         self.client_gone = False
@@ -230,7 +231,7 @@ class Exchange:
         if request.method == b"CONNECT":  # a reverse proxy, not a tunnel (nor RFC 8441)
             self.respond_locally(405, "connect-not-supported")
             return
-        host = request.getHeader(b"host")
+        host = self.client_host = request.getHeader(b"host")
         self.route = self.routes.match(host_name(host) if host else None,
                                        request.path.decode("latin-1"))
         if self.route is None:
@@ -241,7 +242,7 @@ class Exchange:
         info = RequestInfo(
             method=request.method.decode("latin-1"),
             path=request.path.decode("latin-1"),
-            host=_header(request, b"host"),
+            host=host.decode("latin-1") if host is not None else None,
             server_name=self.channel.server_name,
             client_address=_client_ip(request),
         )
@@ -300,10 +301,11 @@ class Exchange:
         request = self.request
         route = self._route
         upstream = route.upstream
-        client_host = request.getHeader(b"host")
+        client_host = self.client_host
         upstream_host = upstream.host_header(client_host)
+        client_headers = _raw_pairs(request.requestHeaders)
         headers = upstream_request_headers(
-            list(_raw_pairs(request.requestHeaders)),
+            client_headers,
             self.channel.identity,
             route.headers,
             _client_ip(request),
@@ -315,7 +317,7 @@ class Exchange:
         for name, value in headers:
             outgoing.addRawHeader(name, value)
         target = upstream_target(request.uri, route.prefix, route.strip_prefix)
-        if is_websocket_upgrade(request.method, list(_raw_pairs(request.requestHeaders))):
+        if is_websocket_upgrade(request.method, client_headers):
             # Agent cannot upgrade: gateway.websocket relays it over a connection of its own.
             relay(self.channel, request.method, target, headers, upstream,
                   self.channel.factory.reactor).addCallbacks(self._upgraded, self._upgrade_failed)
@@ -627,11 +629,6 @@ class _Discard(Protocol):
 
 def _raw_pairs(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, values in headers.getAllRawHeaders() for value in values]
-
-
-def _header(request: http.Request, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    return value.decode("latin-1") if value is not None else None
 
 
 def _client_ip(request: http.Request) -> str:

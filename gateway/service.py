@@ -45,6 +45,7 @@ class Checked:
     settings: config.GatewaySettings
     context: Any  # OpenSSL.SSL.Context, or None when no listener uses TLS
     policies: dict[str, Policy]  # by route name
+    upstream_tls: dict[str, UpstreamTLS]  # by route name, for https upstreams
 
 
 @attrs.frozen
@@ -67,12 +68,13 @@ def validate(path: str | Path) -> Checked:
     context = build_context(settings.tls) if settings.tls is not None else None
     types = available_types()
     policies = {}
+    upstream_tls = {}
     for route in settings.routes:
         policies[route.name] = Policy(route.policy, build_authorizers(route.authorizers, types),
                                       timeout=settings.authorizer_timeout)
         if route.upstream.scheme == "https":
-            UpstreamTLS(route.upstream)
-    return Checked(settings, context, policies)
+            upstream_tls[route.name] = UpstreamTLS(route.upstream)
+    return Checked(settings, context, policies, upstream_tls)
 
 
 def load_generation(path: str | Path, reactor: Any) -> Generation:
@@ -82,7 +84,7 @@ def load_generation(path: str | Path, reactor: Any) -> Generation:
     upstreams = []
     by_listener: dict[str, list[Route]] = {listener.name: [] for listener in settings.listeners}
     for route in settings.routes:
-        upstream = Upstream(route.upstream, reactor)
+        upstream = Upstream(route.upstream, reactor, checked.upstream_tls.get(route.name))
         upstreams.append(upstream)
         by_listener[route.listener].append(Route(
             route.name, route.prefix, route.host, route.strip_prefix,

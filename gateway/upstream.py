@@ -106,18 +106,21 @@ class Upstream:
     ``settings.connect_timeout`` seconds.
     """
 
-    def __init__(self, settings: UpstreamSettings, reactor: Any) -> None:
+    def __init__(self, settings: UpstreamSettings, reactor: Any,
+                 tls: UpstreamTLS | None = None) -> None:
         self.settings = settings
         self._pool = _Pool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = settings.pool_size
         self._pool._factory = _QuietClientFactory  # no "Starting factory" line per connection
-        # One endpoint for every request: Agent would build (and IDNA-encode) one per request.
+        # One endpoint for every request (and every WebSocket upgrade): Agent would build (and
+        # IDNA-encode) one per request. *tls*: the policy validate() already built, if any.
         endpoint: Any = HostnameEndpoint(reactor, settings.host.encode("idna"), settings.port,
                                          timeout=settings.connect_timeout)
         if settings.scheme == "https":
-            creator = UpstreamTLS(settings).creatorForNetloc(settings.host.encode("idna"),
-                                                             settings.port)
+            creator = (tls or UpstreamTLS(settings)).creatorForNetloc(
+                settings.host.encode("idna"), settings.port)
             endpoint = wrapClientTLS(creator, endpoint)
+        self.endpoint = endpoint  # IStreamClientEndpoint to the upstream, TLS included
         self._agent = Agent.usingEndpointFactory(reactor, _FixedEndpoint(endpoint), self._pool)
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         default_port = 443 if settings.scheme == "https" else 80

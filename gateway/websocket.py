@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -39,7 +38,7 @@ from zope.interface import implementer
 from gateway.channel import GatewayChannel
 from gateway.headers import HOP_BY_HOP
 from gateway.logfmt import clean
-from gateway.upstream import Upstream, UpstreamTLS
+from gateway.upstream import Upstream
 
 log = Logger(namespace="mtlsgw.websocket")
 
@@ -593,12 +592,8 @@ def relay(channel: GatewayChannel, method: bytes, target: bytes, headers: Sequen
     try:
         head = request_head(method, settings.base_path.encode("ascii") + target, headers,
                             upstream.authority.encode("idna"))
-        endpoint: Any = HostnameEndpoint(reactor, settings.host, settings.port,
-                                         timeout=settings.connect_timeout)
-        if settings.scheme == "https":
-            creator = UpstreamTLS(settings).creatorForNetloc(settings.host.encode("idna"),
-                                                             settings.port)
-            endpoint = wrapClientTLS(creator, endpoint)
-    except Exception as exc:  # a header that cannot be written; TLS files gone since the start
+    except Exception as exc:  # a header that cannot be written
         return fail(exc)
-    return _UpgradeRelay(channel, head, reactor, settings.response_timeout).start(endpoint)
+    # The upstream's own endpoint (TLS policy included), built once per configuration.
+    return _UpgradeRelay(channel, head, reactor, settings.response_timeout).start(
+        upstream.endpoint)
