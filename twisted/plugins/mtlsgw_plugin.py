@@ -40,9 +40,12 @@ class _ServiceMaker:
     options = Options
 
     def makeService(self, options: Options):  # type: ignore[no-untyped-def]
+        from gateway.accesslog import observer_for
         from gateway.service import build
 
-        return build(options["config"])
+        service = build(options["config"])
+        service.log_observer = observer_for(getattr(options, "parent", None))
+        return service
 
 
 serviceMaker = _ServiceMaker()
