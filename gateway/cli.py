@@ -50,8 +50,11 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = checked.settings
     print(f"{settings.path}: OK")
     for listener in settings.listeners:
-        print(f"  listener {listener.name}: {listener.listen} "
-              f"({'mTLS' if listener.tls else 'plain HTTP'})")
+        kind = "mTLS" if listener.tls else "plain HTTP"
+        if listener.proxy_protocol:
+            peers = ", ".join(str(n) for n in listener.trusted_proxies) or "any peer"
+            kind += f", PROXY protocol from {peers}"
+        print(f"  listener {listener.name}: {listener.listen} ({kind})")
     for route in settings.routes:
         names = ", ".join(a.name for a in route.authorizers) or "-"
         print(f"  route {route.name}: {route.listener} {route.host or '*'}{route.prefix} -> "

@@ -139,6 +139,12 @@ class ListenerSettings:
     tls: bool
     location: Location
     reuse_port: tuple[int, str, int] | None = None  # (port, interface, backlog) with reuse_port
+    # ``listen = haproxy:...``: every connection starts with a PROXY protocol header (v1 or v2,
+    # Twisted's wrapper); ``inner`` is the description without ``haproxy:``.
+    proxy_protocol: bool = False
+    inner: str = ""
+    # Peers (the balancers) allowed to connect to a PROXY-protocol listener; empty: any.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @attrs.frozen
@@ -193,7 +199,7 @@ _UPSTREAM_KEYS = {
     "upstream_server_name",
     "host_header",
 }
-_LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port"}
+_LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port", "trusted_proxies"}
 _ROUTE_KEYS = _UPSTREAM_KEYS | {
     "listener", "prefix", "host", "strip_prefix", "policy", "authorizers", "header_prefix",
     "forward_certificate",
@@ -360,7 +366,15 @@ def _check_keys(section: _Section, values: Mapping[str, str], known: set[str]) -
 def _listener(section: _Section, name: str) -> ListenerSettings:
     raw = section.require("listen")
     loc = section.location.at("listen", raw)
-    kind = raw.split(":", 1)[0].strip().lower()  # tcp, tcp6, unix, systemd, …
+    kind = raw.split(":", 1)[0].strip().lower()  # tcp, tcp6, unix, systemd, haproxy, …
+    proxy_protocol = kind == "haproxy"
+    inner = raw.split(":", 1)[1] if proxy_protocol and ":" in raw else raw
+    if proxy_protocol:
+        # haproxy:ENDPOINT, Twisted's PROXY protocol wrapper around another endpoint.
+        kind = inner.split(":", 1)[0].strip().lower()
+        if kind not in ("tcp", "tcp6", "unix", "systemd"):
+            raise loc.error("haproxy: wraps a tcp:, tcp6:, unix: or systemd: endpoint, "
+                            "e.g. haproxy:tcp:8443:interface=10.0.0.5")
     if kind == "ssl":
         raise loc.error("the gateway adds TLS itself ([tls]): give a plain endpoint (tcp:, unix:, "
                         "systemd:)")
@@ -368,7 +382,7 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
     from twisted.internet.endpoints import _parseServer
 
     try:
-        _kind, args, kwargs = _parseServer(raw, None)
+        _kind, args, kwargs = _parseServer(inner, None)
     except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
         raise loc.error(f"not a Twisted server endpoint description ({exc!s})") from None
     tls = section.boolean("tls", True)
@@ -388,11 +402,36 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
     if section.boolean("reuse_port", False):
         if kind not in ("tcp", "tcp6"):
             raise section.location.at("reuse_port", section.get("reuse_port")).error(
-                "needs a tcp: or tcp6: listen description")
+                "needs a tcp:, tcp6:, haproxy:tcp: or haproxy:tcp6: listen description")
         default = "::" if kind == "tcp6" else "0.0.0.0"  # noqa: S104
         reuse_port = (port, str(kwargs.get("interface") or default),
                       int(str(kwargs.get("backlog") or 50)))
-    return ListenerSettings(name, raw, tls, section.location, reuse_port)
+    return ListenerSettings(name, raw, tls, section.location, reuse_port, proxy_protocol,
+                            inner if proxy_protocol else "",
+                            _trusted_proxies(section, proxy_protocol, kind))
+
+
+def _trusted_proxies(
+    section: _Section, proxy_protocol: bool, kind: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    raw = section.get("trusted_proxies")
+    if raw is None:
+        return ()
+    loc = section.location.at("trusted_proxies", raw)
+    if not proxy_protocol:
+        raise loc.error("only meaningful with a PROXY protocol listener (listen = haproxy:...)")
+    if kind == "unix":
+        raise loc.error("a unix socket's peers have no address: restrict who may connect with "
+                        "the socket's mode and directory")
+    networks = []
+    for item in parse_list(raw):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise loc.error(f"{item!r} is not an address or CIDR network ({exc})") from None
+    if not networks:
+        raise loc.error("list at least one address or CIDR network")
+    return tuple(networks)
 
 
 def _loopback_only(kind: str, kwargs: Mapping[str, object]) -> bool:

@@ -32,6 +32,7 @@ from gateway.authz.registry import available_types, build_authorizers
 from gateway.http.exchange import Route
 from gateway.http.pool import Upstream
 from gateway.http.server import Listener, Sweep
+from gateway.proxied import proxy_protocol_endpoint
 from gateway.reuseport import ReusePortEndpoint
 from gateway.routes import RouteTable
 from gateway.tls import ServerConnectionCreator, build_context
@@ -112,6 +113,18 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
     return Generation(settings, checked.context, tables, tuple(upstreams), sweep)
 
 
+def listener_endpoint(reactor: Any, listener: config.ListenerSettings) -> Any:
+    """The server endpoint of *listener*, without TLS: its ``listen`` description, with
+    ``SO_REUSEPORT`` for ``reuse_port``, and for ``haproxy:`` the PROXY protocol (limited to
+    ``trusted_proxies``) around the inner endpoint."""
+    inner = listener.inner if listener.proxy_protocol else listener.listen
+    endpoint: Any = (ReusePortEndpoint(reactor, *listener.reuse_port)
+                     if listener.reuse_port else serverFromString(reactor, inner))
+    if listener.proxy_protocol:
+        endpoint = proxy_protocol_endpoint(endpoint, listener.trusted_proxies)
+    return endpoint
+
+
 class GatewayService(MultiService):
     """The gateway as a Twisted service: listens while running, reloads on ``SIGHUP``."""
 
@@ -131,8 +144,7 @@ class GatewayService(MultiService):
             factory = Listener(listener.name, generation.tables[listener.name], settings.limits,
                                handshake_timeout, listener.tls, reactor, self.sweep)
             self.factories[listener.name] = factory
-            endpoint: Any = (ReusePortEndpoint(reactor, *listener.reuse_port)
-                             if listener.reuse_port else serverFromString(reactor, listener.listen))
+            endpoint = listener_endpoint(reactor, listener)
             if self.creator is not None and listener.tls:
                 endpoint = wrapServerTLS(self.creator, endpoint)
             service = StreamServerEndpointService(endpoint, factory)

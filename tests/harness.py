@@ -245,8 +245,8 @@ class Gateway:
         sections = {k: dict(v) for k, v in sections.items()}
         listen = sections.setdefault("gateway", {}).setdefault(
             "listen", f"tcp:{self.port}:interface=127.0.0.1")
-        if listen.startswith("tcp:"):
-            self.port = int(listen.split(":")[1])
+        if listen.startswith(("tcp:", "haproxy:tcp:")):
+            self.port = int(listen.removeprefix("haproxy:").split(":")[1])
         self.config = directory / "gw.ini"
         self.config.write_text(render_ini(sections))
         self.log_path = directory / "gw.log"

@@ -187,6 +187,9 @@ class ServerProtocol(Protocol):
     def handshakeCompleted(self) -> None:  # noqa: N802
         """Twisted's ``IHandshakeListener``: capture the client identity, fail closed."""
         self.deadline = None
+        # Again: behind a PROXY protocol wrapper (haproxy:), getPeer() names the client only
+        # once the header has been read, after connectionMade.
+        self.peer_host = str(getattr(self.transport.getPeer(), "host", "unix"))
         self._handshake_done = True
         connection: SSL.Connection = self.transport.getHandle()
         name = connection.get_servername()
@@ -385,6 +388,8 @@ class ServerProtocol(Protocol):
     def request_head(self, head: RequestHead) -> None:
         if self._stopped:
             return
+        if not self.tls:  # a plain listener has no handshake to wait for (see handshakeCompleted)
+            self.peer_host = str(getattr(self.transport.getPeer(), "host", "unix"))
         stream = H1Stream(self, head)
         if self._current is None:
             self.deadline = None
