@@ -21,23 +21,22 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import conftest
 import pytest
+from conftest import base_sections
 from harness import (
     DEADLINE,
     Gateway,
     Upstream,
     client_context,
+    curl,
     free_port,
     headers_of,
     wait_for,
 )
-
-import conftest
-from conftest import base_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "etc" / "examples" / "haproxy.cfg"
@@ -184,7 +183,6 @@ def test_curl_through_haproxy(cluster: tuple[HAProxy, list[Gateway]], pki: conft
     url = f"https://localhost:{balancer.port}/curl"
     common = ["--interface", CLIENT, "--cacert", str(pki.ca), "-o", "/dev/null",
               "-w", "%{http_code}", url]
-    from harness import curl
 
     allowed = curl("--cert", str(pki.alice().cert), "--key", str(pki.alice().key), *common)
     assert allowed.stdout == "200", allowed.stderr
