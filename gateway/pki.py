@@ -198,13 +198,15 @@ class DevPKI:
     client_key: Path
 
 
-def write_dev_pki(directory: Path, client_cn: str = "alice") -> DevPKI:
+def write_dev_pki(directory: Path, client_cn: str = "alice",
+                  ca_name: str = "mtlsgw dev CA") -> DevPKI:
     """Write a development PKI into *directory* (created if needed; files overwritten):
     ``ca.pem`` (root for both sides), ``server.crt``/``server.key`` (``localhost``, ``127.0.0.1``,
-    ``::1``), ``client.crt``/``client.key`` (CN *client_cn*, EKU clientAuth)."""
+    ``::1``), ``client.crt``/``client.key`` (CN *client_cn*, EKU clientAuth). *ca_name* is the
+    CA's CN: give two PKIs used side by side different ones."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    ca = make_ca(name("mtlsgw dev CA", organization_name="mtlsgw development"))
+    ca = make_ca(name(ca_name, organization_name="mtlsgw development"))
     server = make_leaf(ca, "localhost", sans=["localhost", "127.0.0.1", "::1"],
                        eku=(ExtendedKeyUsageOID.SERVER_AUTH,))
     client = make_leaf(ca, client_cn, eku=(ExtendedKeyUsageOID.CLIENT_AUTH,))
