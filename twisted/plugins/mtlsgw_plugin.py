@@ -22,6 +22,14 @@ class Options(usage.Options):
     )
     optParameters = [["config", "c", "/etc/mtlsgw/gw.ini", "The INI configuration file."]]
 
+    def opt_version(self) -> None:
+        """Print mtlsgw's version (and Twisted's) and exit."""
+        from gateway import __version__
+        from twisted import version as twisted_version
+
+        print(f"mtlsgw {__version__} (Twisted {twisted_version.short()})")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         from gateway.config import ConfigError
         from gateway.service import validate
