@@ -21,7 +21,6 @@ from twisted.logger import Logger, formatEvent
 from gateway.config import Limits
 from gateway.http import h2frames
 from gateway.http.h2 import HIGH_WATER, MAX_STREAMS, H2Session
-from gateway.http.h2frames import PREFACE
 
 LIMITS = Limits(idle_timeout=60, header_timeout=10, max_head_size=8192, max_body_size=0,
                 max_connections=100, drain_timeout=10, access_log="all")
@@ -136,6 +135,13 @@ class Peer:
         """Bytes straight to the session (frames the h2 client would not send)."""
         self.session.data_received(data)
         self.deliver()
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        """DATA frames of at most 16 KiB (the session's SETTINGS_MAX_FRAME_SIZE)."""
+        chunks = [data[i:i + 16384] for i in range(0, len(data), 16384)] or [b""]
+        for index, chunk in enumerate(chunks):
+            self.client.send_data(stream_id, chunk, end_stream=end and index == len(chunks) - 1)
+            self.pump()
 
     def request(self, stream_id: int, path: str = "/", method: str = "GET",
                 extra: list[tuple[str, str]] | None = None, end: bool = True) -> None:
@@ -272,3 +278,493 @@ def test_odd_header_names_h2_allows_reach_the_exchange():
     peer.pump()
     assert (b"x_y", b"1") in peer.exchanges[1].head.headers
     assert (b"x.y", b"2") in peer.exchanges[1].head.headers
+
+
+# -- responses -------------------------------------------------------------------------------
+
+def test_response_head_is_lower_cased_without_framing_headers_and_length_is_content_length():
+    def on_start(exchange: Exchange) -> None:
+        exchange.stream.send_head(200, [
+            (b"Content-Type", b"text/plain"), (b"Content-Length", b"999"),
+            (b"Transfer-Encoding", b"chunked"), (b"Connection", b"close"),
+            (b"Keep-Alive", b"5"), (b"Upgrade", b"h2c"), (b"X-Multi", b"a"),
+            (b"x-multi", b"b")], 2, True)
+        exchange.stream.send_data(b"ok")
+        exchange.stream.send_end()
+    peer = Peer(on_start)
+    peer.request(1)
+    peer.pump()
+    (response,) = peer.of(h2.events.ResponseReceived, 1)
+    assert response.headers == [(b":status", b"200"), (b"content-type", b"text/plain"),
+                                (b"x-multi", b"a"), (b"x-multi", b"b"),
+                                (b"content-length", b"2")]
+    assert b"".join(e.data for e in peer.of(h2.events.DataReceived, 1)) == b"ok"
+    assert peer.of(h2.events.StreamEnded, 1)
+
+
+@pytest.mark.parametrize("status", [304, 200])
+def test_head_and_304_announce_content_length_without_a_body(status):
+    def on_start(exchange: Exchange) -> None:
+        exchange.stream.send_head(status, [], 1234, False)
+    peer = Peer(on_start)
+    peer.request(1, method="HEAD")
+    peer.pump()
+    (response,) = peer.of(h2.events.ResponseReceived, 1)
+    assert (b"content-length", b"1234") in response.headers
+    assert response.stream_ended is not None
+    assert peer.session.idle()
+
+
+def test_a_header_h2_would_refuse_is_dropped_and_logged_once():
+    def on_start(exchange: Exchange) -> None:
+        exchange.stream.send_head(200, [(b"x y", b"1"), (b"x-bad", b"a\r\nb"),
+                                        (b"x-space", b" lead"), (b"x-good", b"1")], None, True)
+        exchange.stream.send_end()
+    peer = Peer(on_start)
+    peer.request(1)
+    peer.pump()
+    (response,) = peer.of(h2.events.ResponseReceived, 1)
+    assert response.headers == [(b":status", b"200"), (b"x-good", b"1")]
+    assert len([line for line in peer.log if "dropped" in line]) == 1
+    assert peer.goaway() is None
+
+
+def test_informational_response_comes_before_the_final_head():
+    def on_start(exchange: Exchange) -> None:
+        exchange.stream.send_informational(100, [])
+    peer = Peer(on_start)
+    peer.request(1, method="POST", extra=[("expect", "100-continue")], end=False)
+    peer.pump()
+    assert [dict(e.headers)[b":status"] for e in
+            peer.of(h2.events.InformationalResponseReceived, 1)] == [b"100"]
+    peer.exchanges[1].stream.send_head(200, [], None, False)
+    peer.deliver()
+    assert peer.status(1) == b"200"
+
+
+# -- flow control and backpressure -----------------------------------------------------------
+
+def body_of(peer: Peer, stream_id: int) -> bytes:
+    return b"".join(e.data for e in peer.of(h2.events.DataReceived, stream_id))
+
+
+def test_response_data_waits_for_the_stream_window_and_goes_out_on_window_update():
+    peer = Peer(window=1000)
+    peer.request(1)
+    peer.pump()
+    stream = peer.exchanges[1].stream
+    stream.send_head(200, [], 5000, True)
+    stream.send_data(b"x" * 5000)
+    stream.send_end()
+    peer.deliver()
+    assert len(body_of(peer, 1)) == 1000
+    assert not peer.of(h2.events.StreamEnded, 1)
+    peer.client.increment_flow_control_window(4000, stream_id=1)
+    peer.pump()
+    assert len(body_of(peer, 1)) == 5000
+    assert peer.of(h2.events.StreamEnded, 1)
+
+
+def test_response_data_waits_for_the_connection_window_too():
+    peer = Peer()  # connection window 65535: two streams share it
+    peer.request(1)
+    peer.request(3)
+    peer.pump()
+    for stream_id in (1, 3):
+        stream = peer.exchanges[stream_id].stream
+        stream.send_head(200, [], None, True)
+        stream.send_data(b"y" * 40000)
+    peer.deliver()
+    assert len(body_of(peer, 1)) + len(body_of(peer, 3)) == 65535
+    peer.client.increment_flow_control_window(100000)
+    peer.client.increment_flow_control_window(100000, stream_id=1)
+    peer.client.increment_flow_control_window(100000, stream_id=3)
+    peer.pump()
+    assert len(body_of(peer, 1)) + len(body_of(peer, 3)) == 80000
+
+
+def test_response_producer_is_paused_above_64_kib_and_resumed_when_drained():
+    peer = Peer(window=0)
+    peer.request(1)
+    peer.pump()
+    stream, producer = peer.exchanges[1].stream, Producer()
+    stream.set_response_producer(producer)
+    stream.send_head(200, [], None, True)
+    stream.send_data(b"z" * HIGH_WATER)
+    assert not producer.paused
+    stream.send_data(b"z")
+    assert producer.paused
+    peer.client.increment_flow_control_window(HIGH_WATER, stream_id=1)
+    peer.client.increment_flow_control_window(HIGH_WATER)
+    peer.pump()
+    assert not producer.paused
+    assert len(body_of(peer, 1)) == HIGH_WATER
+
+
+def test_pause_writing_pauses_every_producer_and_holds_data_until_resume_writing():
+    peer = Peer()
+    peer.request(1)
+    peer.request(3)
+    peer.pump()
+    producers = {}
+    for stream_id in (1, 3):
+        producers[stream_id] = Producer()
+        peer.exchanges[stream_id].stream.set_response_producer(producers[stream_id])
+        peer.exchanges[stream_id].stream.send_head(200, [], None, True)
+    peer.session.pause_writing()
+    assert all(p.paused for p in producers.values())
+    peer.exchanges[1].stream.send_data(b"held")
+    peer.deliver()
+    assert body_of(peer, 1) == b""
+    peer.session.resume_writing()
+    peer.deliver()
+    assert body_of(peer, 1) == b"held"
+    assert not any(p.paused for p in producers.values())
+
+
+def test_request_data_is_acknowledged_only_as_the_exchange_takes_it():
+    peer = Peer()
+    peer.request(1, method="POST", end=False)
+    peer.pump()
+    peer.exchanges[1].stream.pause_request_body()
+    peer.send(1, b"a" * 60000)
+    peer.pump()
+    assert peer.client.local_flow_control_window(1) == 65535 - 60000  # nothing given back
+    assert peer.client.outbound_flow_control_window > 65535 - 60000  # the connection's is
+    peer.exchanges[1].stream.resume_request_body()
+    peer.pump()
+    assert peer.client.local_flow_control_window(1) == 65535
+    assert peer.exchanges[1].body == b"a" * 60000
+
+
+def test_paused_request_body_does_not_stall_the_neighbouring_stream():
+    peer = Peer()
+    peer.request(1, method="POST", end=False)
+    peer.request(3, method="POST", end=False)
+    peer.pump()
+    peer.exchanges[1].stream.pause_request_body()
+    peer.send(1, b"a" * 65535)
+    for _ in range(4):
+        peer.client.send_data(3, b"b" * 16384)
+        peer.pump()
+    assert len(peer.exchanges[3].body) == 4 * 16384
+
+
+
+# -- streams: concurrency, early responses, resets -------------------------------------------
+
+def test_settings_advertise_100_streams_and_no_extended_connect():
+    peer = Peer()
+    assert peer.client.remote_settings.max_concurrent_streams == MAX_STREAMS == 100
+    assert peer.client.remote_settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] == 0
+
+
+def test_the_101st_stream_is_refused_alone_and_hpack_stays_in_sync():
+    peer = Peer()
+    # The client may not know our SETTINGS yet: let it open 101 streams anyway.
+    peer.client.remote_settings = type(peer.client.remote_settings)(client=False)
+    for index in range(101):  # each adds a new entry to the HPACK dynamic table
+        peer.request(1 + 2 * index, extra=[("x-n", str(index))])
+    peer.pump()
+    assert len(peer.exchanges) == 100
+    assert peer.resets() == {201: ErrorCodes.REFUSED_STREAM}
+    assert peer.goaway() is None
+    answer()(peer.exchanges[1])
+    peer.request(203, extra=[("x-n", "100")])  # indexed from the dynamic table
+    peer.pump()
+    assert peer.status(1) == b"200"
+    assert (b"x-n", b"100") in peer.exchanges[203].head.headers
+    assert peer.exchanges[199].calls == ["start"]
+
+
+def test_early_response_then_more_data_keeps_the_neighbouring_stream():
+    peer = Peer(lambda e: answer(403, b"no")(e) if e.stream.stream_id == 1 else None)
+    peer.request(1, method="POST", extra=[("content-length", "200000")], end=False)
+    peer.request(3, method="POST", extra=[("content-length", "200000")], end=False)
+    peer.send(1, b"a" * 16384)
+    peer.pump()
+    assert peer.status(1) == b"403"
+    assert peer.of(h2.events.StreamEnded, 1)
+    assert peer.resets() == {1: ErrorCodes.NO_ERROR}  # RFC 9113 §8.1, after END_STREAM
+    # DATA the client had in flight for stream 1, then stream 3's body: all accepted.
+    peer.raw(frame(hf.DataFrame, 1, data=b"b" * 16384))
+    peer.raw(frame(hf.DataFrame, 1, data=b"b" * 16384))
+    peer.send(3, b"c" * 200000, end=True)
+    peer.pump()
+    assert peer.goaway() is None
+    assert peer.exchanges[1].calls == ["start"]  # the discarded body never reaches it
+    assert peer.client.outbound_flow_control_window > 65535  # given back nonetheless
+    assert len(peer.exchanges[3].body) == 200000
+    assert peer.exchanges[3].calls[-1] == "body_end"
+
+
+def test_client_reset_tells_the_exchange_client_lost():
+    peer = Peer()
+    peer.request(1)
+    peer.pump()
+    peer.client.reset_stream(1, ErrorCodes.CANCEL)
+    peer.pump()
+    assert peer.exchanges[1].calls == ["start", "client_lost"]
+    assert peer.session.idle()
+    peer.exchanges[1].stream.send_head(200, [], None, True)  # too late: ignored
+    peer.exchanges[1].stream.send_data(b"late")
+    peer.deliver()
+    assert peer.status(1) is None
+
+
+def test_exchange_reset_is_internal_error_and_the_exchange_is_told_nothing_more():
+    peer = Peer()
+    peer.request(1, method="POST", end=False)
+    peer.pump()
+    stream = peer.exchanges[1].stream
+    stream.send_head(200, [], None, True)
+    stream.send_data(b"partial")
+    stream.reset()
+    stream.reset()
+    peer.send(1, b"more", end=True)
+    peer.pump()
+    assert peer.resets() == {1: ErrorCodes.INTERNAL_ERROR}
+    assert peer.exchanges[1].calls == ["start"]
+    assert peer.goaway() is None
+
+
+def test_exchange_raising_resets_only_its_stream_and_logs_a_traceback():
+    def on_start(exchange: Exchange) -> None:
+        if exchange.stream.stream_id == 1:
+            raise RuntimeError("boom")
+        answer()(exchange)
+    peer = Peer(on_start)
+    peer.request(1)
+    peer.request(3)
+    peer.pump()
+    assert peer.resets() == {1: ErrorCodes.INTERNAL_ERROR}
+    assert peer.status(3) == b"200"
+    failures = [e for e in peer.log_events if "log_failure" in e]
+    assert len(failures) == 1
+    assert "boom" in failures[0]["log_failure"].getTraceback()
+
+
+def test_connection_lost_tells_every_open_exchange():
+    peer = Peer()
+    peer.request(1)
+    peer.request(3)
+    peer.pump()
+    answer()(peer.exchanges[3])
+    peer.session.connection_lost()
+    assert peer.exchanges[1].calls == ["start", "client_lost"]
+    assert peer.exchanges[3].calls == ["start"]  # its response was complete
+
+
+def test_one_write_per_data_received():
+    peer = Peer(answer())
+    for index in range(10):
+        peer.request(1 + 2 * index)
+        peer.client.ping(b"12345678")
+    peer.session.data_received(peer.client.data_to_send())
+    assert len(peer.transport.writes) == 1
+    peer.deliver()
+    assert all(peer.status(1 + 2 * i) == b"200" for i in range(10))
+
+
+# -- abuse bounds ----------------------------------------------------------------------------
+
+def test_rapid_reset_flood_ends_the_connection_with_enhance_your_calm():
+    peer = Peer()
+    bound = h2frames.BOUNDS["reset"]
+    for index in range(bound + 1):
+        peer.request(1 + 2 * index)
+        peer.client.reset_stream(1 + 2 * index, ErrorCodes.CANCEL)
+    peer.pump()
+    assert peer.goaway() == ErrorCodes.ENHANCE_YOUR_CALM
+    assert peer.transport.lost
+    assert len(peer.exchanges) == bound + 1  # the streams up to the bound were served
+    assert [line for line in peer.log if "reset flood" in line]
+
+
+def test_resets_below_the_bound_in_each_window_are_allowed():
+    now = [0.0]
+    peer = Peer(clock=lambda: now[0])
+    bound, stream_id = h2frames.BOUNDS["reset"], 1
+    for _ in range(3):
+        for _ in range(bound):
+            peer.request(stream_id)
+            peer.client.reset_stream(stream_id, ErrorCodes.CANCEL)
+            stream_id += 2
+        peer.pump()
+        now[0] += h2frames.WINDOW
+    assert peer.goaway() is None
+
+
+@pytest.mark.parametrize(("kind", "make"), [
+    ("ping", lambda: frame(hf.PingFrame, 0, opaque_data=b"12345678")),
+    ("settings", lambda: frame(hf.SettingsFrame, 0)),
+    ("priority", lambda: frame(hf.PriorityFrame, 5, depends_on=0, stream_weight=1)),
+    ("empty-data", lambda: frame(hf.DataFrame, 1)),
+])
+def test_control_frame_floods_end_the_connection_with_enhance_your_calm(kind, make):
+    peer = Peer()
+    peer.request(1, method="POST", end=False)
+    peer.pump()
+    peer.raw(make() * (h2frames.BOUNDS[kind] - 1))  # (the client's first SETTINGS counts)
+    assert peer.goaway() is None
+    peer.raw(make() * 2)
+    assert peer.goaway() == ErrorCodes.ENHANCE_YOUR_CALM
+    assert peer.exchanges[1].calls == ["start", "client_lost"]
+
+
+def continuation_flood(peer: Peer, count: int, size: int) -> bytes:
+    block = peer.client.encoder.encode([(":method", "GET"), (":scheme", "https"),
+                                        (":authority", "gw.example"), (":path", "/")])
+    frames = frame(hf.HeadersFrame, 1, data=block)
+    return frames + frame(hf.ContinuationFrame, 1, data=b"\x00" * size) * count
+
+
+@pytest.mark.parametrize(("count", "size"), [(100, 0), (10, 16384)])
+def test_continuation_flood_ends_the_connection(count, size):
+    peer = Peer()
+    peer.raw(continuation_flood(peer, count, size))
+    assert peer.goaway() in (ErrorCodes.PROTOCOL_ERROR, ErrorCodes.ENHANCE_YOUR_CALM)
+    assert peer.transport.lost
+    assert peer.exchanges == {}
+
+
+def test_a_header_list_over_settings_max_header_list_size_ends_the_connection():
+    peer = Peer()
+    peer.request(1, extra=[(f"x-{i}", "v" * 4000) for i in range(20)])
+    peer.pump()
+    assert peer.goaway() == ErrorCodes.ENHANCE_YOUR_CALM
+    assert peer.exchanges == {}
+
+
+# -- GOAWAY and closing ----------------------------------------------------------------------
+
+def test_drain_sends_goaway_refuses_new_streams_and_closes_when_the_last_stream_ends():
+    peer = Peer()
+    peer.request(1)
+    peer.request(3)
+    peer.pump()
+    peer.session.drain()
+    peer.deliver()
+    (goaway,) = peer.of(h2.events.ConnectionTerminated)
+    assert (goaway.error_code, goaway.last_stream_id) == (ErrorCodes.NO_ERROR, 3)
+    # h2's client would not open streams after GOAWAY: write the HEADERS ourselves.
+    block = peer.client.encoder.encode([(":method", "GET"), (":scheme", "https"),
+                                        (":authority", "gw.example"), (":path", "/")])
+    peer.session.data_received(frame(hf.HeadersFrame, 5, data=block, flags={"END_HEADERS"}))
+    assert b"".join(peer.transport.writes) == frame(
+        hf.RstStreamFrame, 5, error_code=ErrorCodes.REFUSED_STREAM)
+    peer.transport.writes.clear()
+    assert 5 not in peer.exchanges
+    answer()(peer.exchanges[1])
+    assert not peer.transport.lost
+    answer()(peer.exchanges[3])
+    assert peer.transport.lost
+    assert frame(hf.DataFrame, 3, flags={"END_STREAM"}) in b"".join(peer.transport.writes)
+
+
+def test_drain_of_an_idle_connection_closes_at_once():
+    peer = Peer()
+    peer.session.drain()
+    assert peer.transport.lost
+
+
+def test_close_idle_sends_goaway_and_closes_at_once():
+    peer = Peer(answer())
+    peer.request(1)
+    peer.pump()
+    assert peer.session.idle()
+    peer.session.close_idle()
+    peer.deliver()
+    assert peer.goaway() == ErrorCodes.NO_ERROR
+    assert peer.transport.lost
+
+
+def test_idle_is_false_while_a_stream_is_open():
+    peer = Peer()
+    peer.request(1)
+    peer.pump()
+    assert not peer.session.idle()
+    answer()(peer.exchanges[1])
+    assert peer.session.idle()
+
+
+def test_client_goaway_lets_the_streams_finish_then_closes():
+    peer = Peer()
+    peer.request(1)
+    peer.pump()
+    peer.raw(frame(hf.GoAwayFrame, 0, last_stream_id=0, error_code=0))
+    assert not peer.transport.lost
+    answer()(peer.exchanges[1])
+    peer.deliver()
+    assert peer.status(1) == b"200"
+    assert peer.transport.lost
+
+
+def test_client_goaway_with_an_error_ends_the_connection_at_once():
+    peer = Peer()
+    peer.request(1)
+    peer.pump()
+    peer.raw(frame(hf.GoAwayFrame, 0, last_stream_id=0, error_code=ErrorCodes.PROTOCOL_ERROR))
+    assert peer.transport.lost
+    assert peer.exchanges[1].calls == ["start", "client_lost"]
+
+
+# -- hostile input never raises --------------------------------------------------------------
+
+def hostile_sequences(peer: Peer) -> list[bytes]:
+    block = peer.client.encoder.encode([(":method", "GET"), (":scheme", "https"),
+                                        (":authority", "gw.example"), (":path", "/")])
+    odd = peer.client.encoder.encode([(":method", "GET"), (":scheme", "https"),
+                                      (":authority", "gw.example"), (":path", "/"),
+                                      ("x y", "1"), ("X-Upper", "2"), (":extra", "3")])
+    headers = frame(hf.HeadersFrame, 1, data=block, flags={"END_HEADERS", "END_STREAM"})
+    return [
+        b"\x00" * 9 + b"garbage" * 100,
+        bytes(range(256)) * 4,
+        b"".join(frame(hf.PriorityFrame, 2 * i + 1, depends_on=0) for i in range(2000)),
+        frame(hf.DataFrame, 1, data=b"x"),  # idle stream
+        headers + frame(hf.DataFrame, 1, data=b"x") * 3,  # closed by END_STREAM
+        headers + frame(hf.RstStreamFrame, 1) * 3 + frame(hf.WindowUpdateFrame, 1,
+                                                          window_increment=1),
+        frame(hf.HeadersFrame, 1, data=odd, flags={"END_HEADERS"}),
+        frame(hf.ContinuationFrame, 1, data=b"\x00", flags={"END_HEADERS"}),
+        frame(hf.WindowUpdateFrame, 0, window_increment=2**31 - 1) * 2,
+        headers + frame(hf.WindowUpdateFrame, 1, window_increment=2**31 - 1) * 2,
+        frame(hf.WindowUpdateFrame, 0, window_increment=0),
+        frame(hf.HeadersFrame, 2, data=block, flags={"END_HEADERS"}),  # even stream id
+        frame(hf.HeadersFrame, 1, data=b"\xff\xff\xff\xff", flags={"END_HEADERS"}),
+        frame(hf.HeadersFrame, 1, data=block) + frame(hf.PingFrame, 0, opaque_data=b"1" * 8),
+        frame(hf.HeadersFrame, 1, data=block) + frame(hf.GoAwayFrame, 0),
+        frame(hf.GoAwayFrame, 0)[:9] + b"\x00",
+        b"\x00\x00\x00\x07\x00\x00\x00\x00\x01" + b"\x00" * 0,  # GOAWAY on a stream, short
+        frame(hf.SettingsFrame, 0, settings={SettingCodes.INITIAL_WINDOW_SIZE: 2**31}),
+        frame(hf.SettingsFrame, 0, settings={SettingCodes.ENABLE_PUSH: 1}),
+        frame(hf.PushPromiseFrame, 1, promised_stream_id=2, data=block),
+        b"\x00\x00\x04\x03\x00\x00\x00\x00\x00" + b"\x00" * 4,  # RST_STREAM on stream 0
+        b"\x00\x00\x08\x06\x00\x00\x00\x00\x03" + b"1" * 8,  # PING on a stream
+        b"\xff\xff\xff\x00\x00\x00\x00\x00\x01",  # 16 MiB frame
+        headers + headers,  # HEADERS again on a closed stream
+    ]
+
+
+def test_no_frame_sequence_raises():
+    for index in range(len(hostile_sequences(Peer()))):
+        peer = Peer(answer())
+        sequence = hostile_sequences(peer)[index]
+        for part in (sequence[:7], sequence[7:]):
+            peer.session.data_received(part)  # must not raise
+        with contextlib.suppress(Exception):  # the h2 client may dislike what it gets back
+            peer.deliver()
+        errors = [e for e in peer.log_events if "log_failure" in e]
+        assert errors == [], (index, errors[0]["log_failure"].getTraceback())
+        if peer.goaway() is not None:
+            assert peer.transport.lost, index
+
+
+def test_priority_for_2000_idle_streams_leaves_the_connection_serving():
+    peer = Peer(answer())
+    peer.raw(b"".join(frame(hf.PriorityFrame, 2 * i + 101, depends_on=0) for i in range(2000)))
+    peer.request(1)
+    peer.pump()
+    assert peer.status(1) == b"200"
+    assert peer.goaway() is None

@@ -364,7 +364,8 @@ class H2Session:
             self._stream_error(stream_id, "body longer than content-length", stream)
             self._conn.acknowledge_received_data(flow_length, stream_id)
             return
-        self._call(stream, "body_data", data)
+        if data:
+            self._call(stream, "body_data", data)
         if stream.closed:
             self._conn.acknowledge_received_data(flow_length, stream_id)
         elif stream.paused:
