@@ -72,7 +72,11 @@ class Client:
             if not data:
                 self.eof = True
                 continue
-            self.events += self.conn.receive_data(data)
+            for event in self.conn.receive_data(data):
+                self.events.append(event)
+                if isinstance(event, h2.events.DataReceived):  # give the window back
+                    self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                        event.stream_id)
             self.flush()
         return condition()
 

@@ -29,14 +29,18 @@ LIMITS = Limits(idle_timeout=60, header_timeout=10, max_head_size=8192, max_body
 class Transport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
-        self.lost = False
+        self.lost = self.unregistered = False
 
     def write(self, data: bytes) -> None:
         assert not self.lost, "write after loseConnection"
         self.writes.append(data)
 
     def loseConnection(self) -> None:
+        assert self.unregistered, "TLS transports close only without a producer"
         self.lost = True
+
+    def unregisterProducer(self) -> None:
+        self.unregistered = True
 
     def abortConnection(self) -> None:
         self.lost = True

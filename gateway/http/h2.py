@@ -186,7 +186,7 @@ class H2Stream:
 class H2Session:
     """The HTTP/2 side of one client connection (see the module docstring).
 
-    *transport* needs ``write``, ``loseConnection``; *exchange_factory(stream, head)* returns an
+    *transport* needs ``write``, ``unregisterProducer``, ``loseConnection``; *exchange_factory(stream, head)* returns an
     object with ``start()``, ``body_data(bytes)``, ``body_end()``, ``client_lost()``; *clock*
     (seconds) times the abuse bounds.
     """
@@ -513,14 +513,20 @@ class H2Session:
                           peer=self.connection.peer_host, reason=reason, code=code.name)
         self._conn.close_connection(code)
         self._write(now=True)
-        self._transport.loseConnection()
+        self._lose_transport()
         self.connection_lost()
 
     def _close_if_done(self) -> None:
         if self._goaway and not self._streams and not self._closed and not self._receiving:
             self._write(now=True)
-            self._transport.loseConnection()
+            self._lose_transport()
             self.connection_lost()
+
+    def _lose_transport(self) -> None:
+        """Close the transport once its buffer is written. The server protocol is registered
+        as its producer, and Twisted's TLS transport closes only without one: unregister it."""
+        self._transport.unregisterProducer()
+        self._transport.loseConnection()
 
     def _write(self, now: bool = False) -> None:
         """Hand h2's queued frames to the transport: inside :meth:`data_received` only once,
