@@ -13,7 +13,8 @@ one exchange from ``exchange_factory``. The session owns what ``h2`` leaves to i
   exchange took it, and not while the exchange paused the request body.
 - **Malformed requests** (§8.1.1): a repeated, non-numeric or oversized ``content-length``, or a
   body of another length, is a stream error (``RST_STREAM(PROTOCOL_ERROR)``). ``h2`` would make
-  them connection errors, so its HPACK decoder is replaced by :class:`_FramingDecoder`, which
+  them connection errors, so its HPACK decoder is replaced by
+  :class:`~gateway.http.h2headers.FramingDecoder`, which
   takes ``content-length`` out of the header list ``h2`` checks.
 - **Abuse bounds** (:mod:`gateway.http.h2frames`) end the connection with GOAWAY.
 - **GOAWAY** (§6.8). ``h2`` refuses to send anything once a GOAWAY passed either way, so the
@@ -27,9 +28,8 @@ error with one log line, an exchange callback raising resets its stream (``INTER
 from __future__ import annotations
 
 import contextlib
-import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import h2.events
@@ -38,13 +38,13 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
-from hpack import Decoder, HeaderTuple
 from hyperframe.exceptions import HyperframeError
 from hyperframe.frame import Frame, GoAwayFrame
 from twisted.logger import Logger
 
 from gateway.config import Limits
 from gateway.http.h2frames import GOAWAY, FloodGuard, FrameError, FrameReader, RawFrame
+from gateway.http.h2headers import FramingDecoder, header_list_limit, request_head, response_headers
 from gateway.http.stream import ClientConnection, Header, RequestHead
 
 MAX_STREAMS = 100  # SETTINGS_MAX_CONCURRENT_STREAMS advertised and enforced
@@ -55,59 +55,6 @@ HIGH_WATER = 64 * 1024  # bytes buffered per stream above which its producer is 
 LOW_WATER = 16 * 1024  # ... and at or below which it is resumed
 MAX_CONTENT_LENGTH = 2**63 - 1
 
-# Response headers the codec writes itself or that HTTP/2 forbids (RFC 9113 §8.2.2).
-_NOT_FORWARDED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade",
-                            b"transfer-encoding", b"te", b"trailer", b"content-length"})
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
-
-
-def header_list_limit(limits: Limits) -> int:
-    """SETTINGS_MAX_HEADER_LIST_SIZE (bytes, RFC 7541 §4.1 sizes): past it HPACK decoding stops
-    and the connection ends (GOAWAY ENHANCE_YOUR_CALM); below it a head over ``max_head_size``
-    is the exchange's 431 on its stream."""
-    return max(2 * limits.max_head_size, 65536)
-
-
-class _FramingDecoder(Decoder):
-    """An HPACK decoder that keeps ``content-length`` (and ``host`` next to ``:authority``)
-    away from ``h2``'s checks, which would make a malformed one a connection error.
-
-    ``h2`` calls ``conn.decoder.decode(block, raw=True)`` once per header block; the headers
-    held back from the last block are left in :attr:`held` for the session (which feeds ``h2``
-    one frame at a time, so the block is that frame's stream's).
-    """
-
-    held: list[Header] | None = None
-
-    def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
-        headers = list(super().decode(data, raw=raw))
-        names = {bytes(h[0]) for h in headers}
-        hold = {b"content-length", b"host"} if b":authority" in names else {b"content-length"}
-        self.held = [(bytes(n), bytes(v)) for n, v in headers if n in hold]
-        return [h for h in headers if h[0] not in hold]
-
-
-def _response_headers(status: int, headers: list[Header], length: int | None,
-                      log: Logger) -> list[Header]:
-    """``:status``, *headers* lower-cased without framing and hop-by-hop ones (a name or value
-    HTTP/2 cannot carry is dropped, logged once), then ``content-length`` from *length*."""
-    out = [(b":status", b"%d" % status)]
-    dropped = []
-    for name, value in headers:
-        name = name.lower()
-        if name in _NOT_FORWARDED:
-            continue
-        if not _TOKEN.match(name) or _BAD_VALUE.search(value):
-            dropped.append(name)
-            continue
-        out.append((name, value))
-    if dropped:
-        log.info("HTTP/2 response: dropped header(s) HTTP/2 cannot carry: {names!r}",
-                 names=dropped)
-    if length is not None:
-        out.append((b"content-length", b"%d" % length))
-    return out
 
 
 class H2Stream:
@@ -136,14 +83,14 @@ class H2Stream:
     def send_informational(self, status: int, headers: list[Header]) -> None:
         """A 1xx HEADERS frame on this stream (RFC 9113 §8.1)."""
         if not self.closed and not self.response_done:
-            self._session.send_headers(self, _response_headers(status, headers, None,
+            self._session.send_headers(self, response_headers(status, headers, None,
                                                                self._session.log), False)
 
     def send_head(self, status: int, headers: list[Header], length: int | None,
                   body: bool) -> None:
         if not self.closed and not self.response_done:
             end = not body
-            self._session.send_headers(self, _response_headers(status, headers, length,
+            self._session.send_headers(self, response_headers(status, headers, length,
                                                                self._session.log), end)
             if end:
                 self._session.response_ended(self)
@@ -186,9 +133,9 @@ class H2Stream:
 class H2Session:
     """The HTTP/2 side of one client connection (see the module docstring).
 
-    *transport* needs ``write``, ``unregisterProducer``, ``loseConnection``; *exchange_factory(stream, head)* returns an
-    object with ``start()``, ``body_data(bytes)``, ``body_end()``, ``client_lost()``; *clock*
-    (seconds) times the abuse bounds.
+    *transport* needs ``write``, ``unregisterProducer`` and ``loseConnection``;
+    *exchange_factory(stream, head)* returns an object with ``start()``, ``body_data(bytes)``,
+    ``body_end()``, ``client_lost()``; *clock* (seconds) times the abuse bounds.
     """
 
     def __init__(self, connection: ClientConnection, transport: Any,
@@ -206,7 +153,7 @@ class H2Session:
         self._goaway = False  # GOAWAY sent (drain) or received: refuse new streams
         self._closed = False
 
-        self._decoder = _FramingDecoder(header_list_limit(limits))
+        self._decoder = FramingDecoder(header_list_limit(limits))
         self._conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         self._conn.decoder = self._decoder
 
@@ -347,7 +294,7 @@ class H2Session:
         if ended and lengths and int(lengths[0]) != 0:
             self._stream_error(stream_id, "content-length without a body")
             return
-        head = _request_head(headers, held)
+        head = request_head(headers, held)
         head.content_length = content_length
         stream = H2Stream(self, stream_id, content_length)
         self._streams[stream_id] = stream
@@ -402,24 +349,33 @@ class H2Session:
         after the last byte), then pause or resume its producer."""
         if stream.closed:
             return
+        try:
+            self._send_buffer(stream)
+        except h2.exceptions.ProtocolError as e:  # h2 found the stream closed: give up on it
+            self.log.info("HTTP/2 stream {id}: cannot send the response: {e}",
+                          id=stream.stream_id, e=e)
+            stream.exchange = None
+            self.reset(stream, ErrorCodes.INTERNAL_ERROR)
+            return
+        self.update_producer(stream)
+        self._write()
+
+    def _send_buffer(self, stream: H2Stream) -> None:
         while stream.buffer and not self._writing_paused:
             size = min(self._conn.local_flow_control_window(stream.stream_id),
                        self._conn.max_outbound_frame_size, len(stream.buffer))
             if size <= 0:
-                break
+                return
             chunk = bytes(stream.buffer[:size])
             del stream.buffer[:size]
             end = stream.end_pending and not stream.buffer
             self._conn.send_data(stream.stream_id, chunk, end_stream=end)
             if end:
                 self.response_ended(stream)
-                break
-        else:
-            if stream.end_pending and not stream.buffer and not stream.response_done:
-                self._conn.end_stream(stream.stream_id)
-                self.response_ended(stream)
-        self.update_producer(stream)
-        self._write()
+                return
+        if stream.end_pending and not stream.buffer and not stream.response_done:
+            self._conn.end_stream(stream.stream_id)
+            self.response_ended(stream)
 
     def response_ended(self, stream: H2Stream) -> None:
         """END_STREAM went out. A request body still arriving is discarded: RST_STREAM(NO_ERROR)
@@ -535,28 +491,3 @@ class H2Session:
             data = self._conn.data_to_send()
             if data:
                 self._transport.write(data)
-
-
-def _request_head(headers: list[Header], held: list[Header]) -> RequestHead:
-    """The :class:`RequestHead` of h2's validated request *headers* (pseudo-headers first, RFC
-    9113 §8.3.1) and the *held* ones (see :class:`_FramingDecoder`); ``head_size`` is method +
-    path + (name + value + 4) per header."""
-    pseudo: dict[bytes, bytes] = {}
-    fields: list[Header] = []
-    expect_continue = False
-    for name, value in headers:
-        if name.startswith(b":"):
-            pseudo[name] = value
-        elif name == b"expect" and value.lower() == b"100-continue":
-            expect_continue = True
-        else:
-            fields.append((name, value))
-    fields += held
-    authority = pseudo.get(b":authority")
-    if authority is not None:
-        fields = [(n, v) for n, v in fields if not (n == b"host" and v == authority)]
-        fields.insert(0, (b"host", authority))
-    method, target = pseudo.get(b":method", b""), pseudo.get(b":path", b"")
-    size = len(method) + len(target) + sum(len(n) + len(v) + 4 for n, v in fields)
-    return RequestHead(method, target, b"HTTP/2", fields, None,
-                       expect_continue=expect_continue, head_size=size)
