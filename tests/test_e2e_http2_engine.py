@@ -257,3 +257,15 @@ def test_connection_survives_many_requests_with_odd_but_valid_headers(gateway, p
         c.until(lambda: all(c.ended(i) for i in ids), "all streams")
         assert {c.status(i) for i in ids} == {b"200"}
     assert len(upstream.requests) == len(ids)  # exactly one upstream request each
+
+
+def test_authority_with_an_equal_host_is_served_and_with_another_host_is_400(
+        gateway, pki, upstream):
+    upstream.clear()
+    with client(gateway, pki) as c:
+        c.request(1, "/same-host", extra=[("host", f"localhost:{gateway.port}")])
+        c.request(3, "/other-host", extra=[("host", "elsewhere.example")])
+        c.until(lambda: c.ended(1) and c.ended(3), "both streams")
+        assert (c.status(1), c.status(3)) == (b"200", b"400")
+    assert [r["path"] for r in upstream.requests] == ["/same-host"]
+    assert "multiple-host-headers" in gateway.wait_log("multiple-host-headers")
