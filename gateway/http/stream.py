@@ -73,8 +73,13 @@ class ClientConnection(Protocol):
 class ClientStream(Protocol):
     """What an exchange writes its response to: an HTTP/1.1 connection or an HTTP/2 stream."""
 
-    connection: ClientConnection
-    version: bytes
+    @property
+    def connection(self) -> ClientConnection:
+        """The client connection that carries the stream."""
+
+    @property
+    def version(self) -> bytes:
+        """``b"HTTP/1.0"``, ``b"HTTP/1.1"`` or ``b"HTTP/2"``."""
 
     def send_informational(self, status: int, headers: list[Header]) -> None:
         """A 1xx interim response (``100 Continue``, ``103 Early Hints``), before the head."""
