@@ -772,3 +772,24 @@ def test_priority_for_2000_idle_streams_leaves_the_connection_serving():
     peer.pump()
     assert peer.status(1) == b"200"
     assert peer.goaway() is None
+
+
+def test_frames_before_a_bad_frame_are_handled_before_the_connection_ends():
+    peer = Peer()
+    peer.request(1)
+    peer.session.data_received(peer.client.data_to_send() + b"\x01\x00\x00" + b"\x00" * 6)
+    assert peer.exchanges[1].calls == ["start", "client_lost"]
+    peer.deliver()
+    assert peer.goaway() == ErrorCodes.FRAME_SIZE_ERROR
+    assert peer.transport.lost
+
+
+def test_a_client_that_does_not_speak_http2_gets_goaway_protocol_error():
+    transport = Transport()
+    log: list[dict[str, Any]] = []
+    session = H2Session(Connection(), transport, Exchange, LIMITS, Logger(observer=log.append))
+    session.data_received(b"GET / HTTP/1.1\r\nHost: gw.example\r\n\r\n")
+    assert transport.lost
+    assert [formatEvent(e) for e in log] == [
+        "HTTP/2 connection from 192.0.2.1: ProtocolError: Invalid HTTP/2 preamble.: "
+        "GOAWAY(PROTOCOL_ERROR)"]

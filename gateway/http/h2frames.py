@@ -10,7 +10,7 @@ past a bound; the session then ends it with GOAWAY(ENHANCE_YOUR_CALM).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 from h2.errors import ErrorCodes
@@ -72,31 +72,34 @@ class FrameReader:
         """A HEADERS frame came without END_HEADERS and its CONTINUATIONs are still due."""
         return self._block >= 0
 
-    def feed(self, data: bytes) -> list[RawFrame]:
-        """The frames *data* completes, in order; a partial frame stays buffered."""
+    def feed(self, data: bytes) -> Iterator[RawFrame]:
+        """The frames *data* completes, in order, one at a time (so that a bad frame raises
+        only after the ones before it were handled); a partial frame stays buffered."""
         self._buffer += data
-        frames: list[RawFrame] = []
         if self._preface:
             if len(self._buffer) < self._preface:
-                return frames
-            frames.append(RawFrame(-1, 0, 0, self._preface, bytes(self._buffer[:self._preface])))
+                return
+            preface = bytes(self._buffer[:self._preface])
             del self._buffer[:self._preface]
             self._preface = 0
+            yield RawFrame(-1, 0, 0, len(preface), preface)
         offset = 0
-        while len(self._buffer) - offset >= 9:
-            header = self._buffer[offset:offset + 9]
-            length = int.from_bytes(header[:3], "big")
-            if length > self._max_frame_size:
-                raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, f"frame of {length} bytes")
-            if len(self._buffer) - offset < 9 + length:
-                break
-            frame = RawFrame(header[3], header[4], int.from_bytes(header[5:9], "big") & 0x7FFFFFFF,
-                             length, bytes(self._buffer[offset:offset + 9 + length]))
-            offset += 9 + length
-            self._track_block(frame)
-            frames.append(frame)
-        del self._buffer[:offset]
-        return frames
+        try:
+            while len(self._buffer) - offset >= 9:
+                header = self._buffer[offset:offset + 9]
+                length = int.from_bytes(header[:3], "big")
+                if length > self._max_frame_size:
+                    raise FrameError(ErrorCodes.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                if len(self._buffer) - offset < 9 + length:
+                    break
+                frame = RawFrame(header[3], header[4],
+                                 int.from_bytes(header[5:9], "big") & 0x7FFFFFFF, length,
+                                 bytes(self._buffer[offset:offset + 9 + length]))
+                offset += 9 + length
+                self._track_block(frame)
+                yield frame
+        finally:
+            del self._buffer[:offset]
 
     def _track_block(self, frame: RawFrame) -> None:
         if frame.type == HEADERS or (frame.type == CONTINUATION and self._block >= 0):
