@@ -405,6 +405,23 @@ def test_response_producer_is_paused_above_64_kib_and_resumed_when_drained():
     assert len(body_of(peer, 1)) == HIGH_WATER
 
 
+def test_a_paused_producer_is_resumed_when_the_response_ends_or_it_is_replaced():
+    peer = Peer(window=0)
+    peer.request(1)
+    peer.request(3)
+    peer.pump()
+    first, second = Producer(), Producer()
+    for stream_id, producer in ((1, first), (3, second)):
+        stream = peer.exchanges[stream_id].stream
+        stream.set_response_producer(producer)
+        stream.send_head(200, [], None, True)
+        stream.send_data(b"z" * (HIGH_WATER + 1))
+    assert first.paused and second.paused
+    peer.exchanges[1].stream.set_response_producer(None)
+    peer.exchanges[3].stream.reset()
+    assert not first.paused and not second.paused
+
+
 def test_pause_writing_pauses_every_producer_and_holds_data_until_resume_writing():
     peer = Peer()
     peer.request(1)

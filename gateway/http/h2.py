@@ -125,9 +125,18 @@ class H2Stream:
             self.unacked = 0
 
     def set_response_producer(self, producer: Any) -> None:
+        """Register *producer* (or ``None``); one this stream paused is resumed as it goes."""
+        self.release_producer()
         self.producer = producer
-        self.producer_paused = False
         self._session.update_producer(self)
+
+    def release_producer(self) -> None:
+        """Forget the producer, resumed if this stream had paused it (an upstream connection
+        must not go back to its pool paused)."""
+        producer, self.producer = self.producer, None
+        if producer is not None and self.producer_paused:
+            producer.resumeProducing()
+        self.producer_paused = False
 
 
 class H2Session:
@@ -381,7 +390,7 @@ class H2Session:
         """END_STREAM went out. A request body still arriving is discarded: RST_STREAM(NO_ERROR)
         (RFC 9113 §8.1)."""
         stream.response_done = True
-        stream.producer = None
+        stream.release_producer()
         if stream.request_open:
             stream.request_open = False
             stream.exchange = None
@@ -392,7 +401,7 @@ class H2Session:
     def reset(self, stream: H2Stream, code: ErrorCodes) -> None:
         stream.closed = True
         stream.buffer.clear()
-        stream.producer = None
+        stream.release_producer()
         self._streams.pop(stream.stream_id, None)
         with contextlib.suppress(h2.exceptions.ProtocolError):  # h2 finds it closed already
             self._conn.reset_stream(stream.stream_id, code)
