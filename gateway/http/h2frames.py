@@ -17,7 +17,7 @@ from h2.errors import ErrorCodes
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4, checked by h2 itself
 
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 2, 3, 4, 6, 7, 9
+DATA, HEADERS, PRIORITY, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 2, 4, 6, 7, 9  # frame types
 END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
 
 #: Bounds per connection within one :data:`WINDOW` (seconds), by what is counted.
