@@ -23,9 +23,10 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from gateway import config
+from gateway.accesslog import BufferedLogObserver
 from gateway.authz.policy import Policy
 from gateway.authz.registry import available_types, build_authorizers
 from gateway.http.exchange import Route
@@ -114,6 +115,8 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
 class GatewayService(MultiService):
     """The gateway as a Twisted service: listens while running, reloads on ``SIGHUP``."""
 
+    log_observer: BufferedLogObserver | None = None  # set by the twistd plugin
+
     def __init__(self, generation: Generation, reactor: Any) -> None:
         super().__init__()
         self.generation = generation
@@ -136,6 +139,17 @@ class GatewayService(MultiService):
             service._raiseSynchronously = True  # a port in use fails the start, not later
             service.setServiceParent(self)
         self._previous_handler: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:  # noqa: N802
+        """Under twistd, *parent* is the application: offer it the gateway's log observer (an
+        ``ILogObserver`` component, twistd's documented way; ``--logger`` still wins)."""
+        super().setServiceParent(parent)
+        observer = self.log_observer
+        if observer is not None and hasattr(parent, "setComponent") and parent.getComponent(
+                ILogObserver, None) is None:
+            parent.setComponent(ILogObserver, observer)
+            observer.clock = self._reactor
+            self._reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
 
     def privilegedStartService(self) -> None:  # noqa: N802
         # twistd opens the listening ports here (before dropping privileges).
@@ -173,8 +187,12 @@ class GatewayService(MultiService):
     def _handle_sigterm(self) -> None:
         # Twisted's own handler makes twistd re-raise SIGTERM at exit (status -15); a drained,
         # orderly stop is a success, so exit 0 instead.
-        signal.signal(signal.SIGTERM,
-                      lambda *_: self._reactor.callFromThread(self._reactor.stop))
+        signal.signal(signal.SIGTERM, lambda *_: self._reactor.callFromThread(self._terminate))
+
+    def _terminate(self) -> None:
+        if self.log_observer is not None:
+            self.log_observer.flush()
+        self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop accepting; let in-flight requests finish within ``drain_timeout``; close."""

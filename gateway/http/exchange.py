@@ -219,12 +219,13 @@ class Exchange:
             framing.append((b"Transfer-Encoding", b"chunked"))
         elif length or head.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
             framing.append((b"Content-Length", b"%d" % length))
-        request_head = _serialise(head.method, target, headers + framing)
-        if request_head is None:
-            self.upstream_status = "upstream-error"
-            access_log.warn("upstream request failed: a header cannot be written")
-            self.respond_locally(502, "upstream-error")
+        headers += framing
+        # HTTP/1.1 names and values passed the parser's checks; HTTP/2's are checked here.
+        if head.version == b"HTTP/2" and not _writable(headers):
+            self.respond_locally(400, "malformed-request")
             return
+        request_head = b"".join([b"%s %s HTTP/1.1\r\n" % (head.method, target),
+                                 *[b"%s: %s\r\n" % pair for pair in headers], b"\r\n"])
         self.upstream = upstream.request(head.method, request_head, length, self)
         held, self._held = self._held, []
         for data in held:
@@ -371,16 +372,11 @@ def _clean_subject(subject: str) -> str:
     return clean(subject)
 
 
-def _serialise(method: bytes, target: bytes, headers: list[Header]) -> bytes | None:
-    """The HTTP/1.1 request head for the upstream, or ``None`` if a header cannot be written
-    (a name that is not a token or a value with CR, LF or NUL: possible from HTTP/2)."""
-    parts = [b"%s %s HTTP/1.1\r\n" % (method, target)]
-    for name, value in headers:
-        if b"\r" in value or b"\n" in value or b"\x00" in value or not _is_token(name):
-            return None
-        parts.append(b"%s: %s\r\n" % (name, value))
-    parts.append(b"\r\n")
-    return b"".join(parts)
+def _writable(headers: list[Header]) -> bool:
+    """Whether every header can be written in HTTP/1.1: a token name (RFC 9110 §5.1), a value
+    without CR, LF or NUL (§5.5)."""
+    return all(_is_token(name) and b"\r" not in value and b"\n" not in value
+               and b"\x00" not in value for name, value in headers)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin
 from twisted.python import usage
@@ -40,12 +41,18 @@ class _ServiceMaker:
     options = Options
 
     def makeService(self, options: Options):  # type: ignore[no-untyped-def]
+        from gateway.accesslog import observer_for
         from gateway.service import build
 
-        return build(options["config"])
+        service = build(options["config"])
+        service.log_observer = observer_for(getattr(options, "parent", None))
+        return service
 
 
 serviceMaker = _ServiceMaker()
+# twistd --reactor=mtlsgw: epoll with writes sent at the end of each iteration (gateway/reactor.py)
+reactor = Reactor("mtlsgw", "gateway.reactor",
+                  "epoll, sending writes at the end of each loop iteration (mtlsgw)")
 cn = cn_type
 san = san_type
 fingerprint = fingerprint_type
