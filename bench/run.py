@@ -132,14 +132,23 @@ def git(*argv: str) -> str:
 
 
 def build_before(ref: str) -> tuple[Path, dict[str, str]]:
-    """The gateway of commit `ref` installed in its own virtualenv, bench/.build/venv-<commit>
-    (made once, then reused): the tree from `git archive`, `pip install`ed (not editable, no
-    PYTHONPATH) with the same versions of every dependency as this Python has, so that only the
-    gateway's code differs. Returns (its python, a description for the results)."""
+    """The gateway of commit `ref` installed in its own virtualenv,
+    bench/.build/venv-<commit>-<dependencies> (made once, then reused): the tree from
+    `git archive`, `pip install`ed (not editable, no PYTHONPATH) with the same versions of every
+    dependency as this Python has, so that only the gateway's code differs. Returns (its python,
+    a description for the results)."""
     sha = git("rev-parse", "--verify", f"{ref}^{{commit}}")
     short = sha[:12]
+    # the same dependency versions as the gateway's own Python (not the gateway itself)
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    pins = sorted(ln for ln in freeze if "==" in ln and not ln.lower().startswith("mtlsgw"))
+    deps = hashlib.sha256("\n".join([sys.version, *pins]).encode()).hexdigest()[:8]
     build = BENCH / ".build"
-    src, venv = build / f"src-{short}", build / f"venv-{short}"
+    src, venv = build / f"src-{short}", build / f"venv-{short}-{deps}"
     python = venv / "bin" / "python"
     ready = venv / ".bench-ready"
     info = {"ref": ref, "commit": sha, "subject": git("log", "-1", "--format=%s", sha)[:200]}
@@ -168,14 +177,7 @@ def build_before(ref: str) -> tuple[Path, dict[str, str]]:
             f"making the virtualenv {venv} with {base} failed (Debian: apt-get install -y "
             f"python3-venv):\n{res.stderr[-1000:]}"
         )
-    # the same dependency versions as the gateway's own Python (not the gateway itself)
-    freeze = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
-        capture_output=True,
-        text=True,
-    ).stdout.splitlines()
-    pins = [ln for ln in freeze if "==" in ln and not ln.lower().startswith("mtlsgw")]
-    constraints = build / f"constraints-{short}.txt"
+    constraints = venv / "bench-constraints.txt"
     constraints.write_text("\n".join(pins) + "\n")
     argv = [str(python), "-m", "pip", "install", "--quiet", "-c", str(constraints), str(src)]
     res = subprocess.run(argv, capture_output=True, text=True, cwd=str(build))
@@ -1706,7 +1708,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--before",
         metavar="REF",
         help="also run the gateway of git commit REF (e.g. ce9a976) as a third target, "
-        "mtlsgw-before, in the same rounds; built once into bench/.build/venv-<commit>",
+        "mtlsgw-before, in the same rounds; built once into bench/.build/venv-<commit>-<deps>",
     )
     add("--rounds", type=int, default=3, help="A B (C) rounds per scenario (3)")
     add("--duration", type=float, default=10.0, help="seconds per loadgen run (10)")
