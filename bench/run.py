@@ -268,7 +268,7 @@ class Bench:
         self.fd_limit = 0
         self.retries_left = args.retries
         self.before_python: Path | None = None
-        settings = {k: v for k, v in vars(args).items() if k != "compare"}
+        settings = {k: v for k, v in vars(args).items() if k not in ("compare", "render")}
         self.results: dict[str, Any] = {
             "schema": 2,
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -1774,6 +1774,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--no-docs", action="store_true", help="do not write the docs page")
     add("--keep", action="store_true", help="keep the run folder (configs, PKI, logs)")
     add("--compare", nargs="+", metavar="RESULT.json", help="show earlier results side by side")
+    add(
+        "--render",
+        metavar="RESULT.json",
+        help="write --docs again from a results file, measuring nothing (after editing "
+        "conf/performance.md.in, e.g. the paragraph on the profile)",
+    )
     a = p.parse_args(argv)
     if a.long:
         a.rounds, a.duration, a.latency_duration, a.idle_rounds = 5, 30.0, 30.0, 3
@@ -1824,6 +1830,10 @@ def main() -> int:
     args = parse_args(sys.argv[1:])
     if args.compare:
         compare(args.compare)
+        return 0
+    if args.render:
+        write_docs(json.loads(Path(args.render).read_text()), Path(args.render), Path(args.docs))
+        print(f"{args.docs} written from {args.render}")
         return 0
 
     def on_signal(signum: int, _frame: object) -> None:
