@@ -448,7 +448,8 @@ class Bench:
         # what the twistd script does, with that Python (no need to find the script)
         twistd = "import sys; from twisted.scripts.twistd import run; "
         twistd += "sys.argv[0] = 'twistd'; run()"
-        argv = [python, "-c", twistd, "--nodaemon", "--pidfile=", *(extra or [])]
+        reactor = [f"--reactor={a.reactor}"] if a.reactor and target != BEFORE else []
+        argv = [python, "-c", twistd, "--nodaemon", "--pidfile=", *reactor, *(extra or [])]
         return [*argv, "mtlsgw", "--config", str(ini)]
 
     def gateway_env(self, target: str) -> tuple[dict[str, str], str]:
@@ -1748,6 +1749,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="how mtlsgw (the working tree) runs N against N: one twistd with `workers = N` in "
         "[gateway] (a supervisor and N workers), or N twistd processes with reuse_port = yes; "
         "mtlsgw-before always runs as reuse_port processes (workers)",
+    )
+    add(
+        "--reactor",
+        default="mtlsgw",
+        help="twistd --reactor for mtlsgw (the working tree), as the shipped systemd unit selects; "
+        "'' for Twisted's default (mtlsgw-before always runs on Twisted's default) (mtlsgw)",
     )
     add("--profile-top", type=int, default=15, help="functions listed per profile (15)")
     add("--upstream-procs", type=int, default=1, help="GOMAXPROCS of the upstream (1)")
