@@ -40,9 +40,9 @@ class _ServiceMaker:
     options = Options
 
     def makeService(self, options: Options):  # type: ignore[no-untyped-def]
-        from gateway.service import build
+        from gateway.workers import make_service
 
-        return build(options["config"])
+        return make_service(options["config"])  # a supervisor when [gateway] workers is not 1
 
 
 serviceMaker = _ServiceMaker()

@@ -1,0 +1,157 @@
+"""One worker process of ``[gateway] workers = N`` (see :mod:`gateway.workers`).
+
+    python -m gateway.worker --config FILE --number N --listeners JSON
+
+The supervisor starts it with the listening sockets it bound as descriptors 3, 4, ... and
+``--listeners`` naming them: ``{"main": {"fd": 3, "listen": "tcp:8443", "tls": true}, ...}``.
+The worker runs the normal :class:`~gateway.service.GatewayService` from the file, with each
+listener adopting its descriptor (:class:`InheritedEndpoint`) instead of binding. It writes its log
+events to stdout as JSON, one a line, for the supervisor to relay; a configuration error is one
+line on stderr and exit status 1. Its stdin is a pipe from the supervisor: when that reaches end
+of file (the supervisor is gone) the worker stops as on ``SIGTERM``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReadDescriptor, IStreamServerEndpoint
+from twisted.internet.main import CONNECTION_DONE
+from zope.interface import implementer
+
+
+@implementer(IListeningPort)
+class _SharedUNIXPort:
+    """A Unix listening socket this process shares with others. Stopping only stops accepting on
+    it: closing the port would remove its socket file, which the supervisor owns; the descriptor
+    goes when the process exits."""
+
+    def __init__(self, reactor: Any, port: Any) -> None:
+        self._reactor = reactor
+        self._port = port
+
+    def startListening(self) -> None:  # noqa: N802
+        pass
+
+    def stopListening(self) -> None:  # noqa: N802
+        self._reactor.removeReader(self._port)
+
+    def getHost(self) -> Any:  # noqa: N802
+        return self._port.getHost()
+
+
+@implementer(IStreamServerEndpoint)
+class InheritedEndpoint:
+    """Accept connections on *fd*, a listening stream socket (TCP or Unix) this process
+    inherited, with ``reactor.adoptStreamPort``. ``listen`` closes *fd* (the port keeps its own
+    duplicate) and fails with ``CannotListenError`` if *fd* is not a usable socket. Stopping the
+    port closes this process's descriptor, but never shuts the shared socket down (Twisted does
+    not for an adopted port), so the other workers keep accepting."""
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        try:
+            with socket.socket(fileno=os.dup(self._fd)) as probe:
+                family = probe.family
+            port = self._reactor.adoptStreamPort(self._fd, family, factory)
+        except OSError as exc:
+            return fail(CannotListenError(None, f"inherited descriptor {self._fd}", exc))
+        finally:
+            os.close(self._fd)
+        if family == socket.AF_UNIX:
+            port = _SharedUNIXPort(self._reactor, port)
+        return succeed(port)
+
+
+@implementer(IReadDescriptor)
+class ParentWatch:
+    """Calls *gone* when descriptor *fd* (a pipe from the supervisor) reaches end of file."""
+
+    def __init__(self, fd: int, gone: Callable[[], None]) -> None:
+        self._fd = fd
+        self._gone = gone
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:  # noqa: N802
+        return "mtlsgw-worker"
+
+    def doRead(self) -> Any:  # noqa: N802 (an exception instance ends it, as in Twisted)
+        try:
+            data = os.read(self._fd, 512)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if data:
+            return None
+        self._gone()
+        return CONNECTION_DONE
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        pass  # end of file (above), or the reactor shutting down
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one worker until ``SIGTERM`` or until the supervisor goes away; the exit status."""
+    pending_reload: list[int] = []  # a SIGHUP before the service installs its own handler
+    signal.signal(signal.SIGHUP, lambda *_: pending_reload.append(1))
+    parser = argparse.ArgumentParser(prog="python -m gateway.worker")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--number", type=int, required=True)
+    parser.add_argument("--listeners", required=True, help="JSON: name -> {fd, listen, tls}")
+    args = parser.parse_args(argv)
+    inherited: dict[str, dict[str, Any]] = json.loads(args.listeners)
+
+    from twisted.internet import reactor
+    from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
+
+    from gateway import config
+    from gateway.service import build
+
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")],
+                                     redirectStandardIO=False)
+    log = Logger(namespace="mtlsgw.workers")
+    try:
+        settings = config.load(args.config)
+        started = {name: (spec["listen"], spec["tls"]) for name, spec in inherited.items()}
+        if {x.name: (x.listen, x.tls) for x in settings.listeners} != started:
+            raise config.ConfigError(f"{settings.path}: listeners changed since the supervisor "
+                                     "started (listen, tls); restart to apply")
+        service = build(args.config, reactor,
+                        inherited={name: spec["fd"] for name, spec in inherited.items()})
+    except config.ConfigError as exc:
+        sys.stderr.write(f"mtlsgw: {exc}\n")
+        return 1
+
+    def supervisor_gone() -> None:
+        log.warn("the supervisor is gone; stopping")
+        if reactor.running:
+            reactor.stop()
+
+    reactor.addReader(ParentWatch(0, supervisor_gone))
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    if pending_reload:
+        reactor.callWhenRunning(service.reload)
+    log.info("serving pid={pid}", pid=os.getpid())
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
