@@ -77,7 +77,9 @@ class InheritedEndpoint:
 
 @implementer(IReadDescriptor)
 class ParentWatch:
-    """Calls *gone* when descriptor *fd* (a pipe from the supervisor) reaches end of file."""
+    """Calls *gone* when descriptor *fd* (a pipe from the supervisor) reaches end of file or
+    breaks (the reactor reports a hang-up as a lost connection), and when the reactor shuts
+    down."""
 
     def __init__(self, fd: int, gone: Callable[[], None]) -> None:
         self._fd = fd
@@ -96,13 +98,10 @@ class ParentWatch:
             return None
         except OSError:
             data = b""
-        if data:
-            return None
-        self._gone()
-        return CONNECTION_DONE
+        return None if data else CONNECTION_DONE
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
-        pass  # end of file (above), or the reactor shutting down
+        self._gone()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"mtlsgw: {exc}\n")
         return 1
 
+    stopping: list[int] = []
+    reactor.addSystemEventTrigger("before", "shutdown", stopping.append, 1)
+
     def supervisor_gone() -> None:
-        log.warn("the supervisor is gone; stopping")
-        if reactor.running:
+        if reactor.running and not stopping:  # not the reactor's own shutdown
+            log.warn("the supervisor is gone; stopping")
             reactor.stop()
 
     reactor.addReader(ParentWatch(0, supervisor_gone))
