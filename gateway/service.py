@@ -15,6 +15,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,7 +24,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 
 from gateway import config
@@ -106,6 +107,18 @@ def cannot_listen(settings: config.GatewaySettings, exc: CannotListenError) -> N
     raise SystemExit(1) from None
 
 
+def stop_on_sigterm(reactor: Any) -> None:
+    """Make ``SIGTERM`` stop *reactor*, once it runs. Twisted's own handler makes twistd re-raise
+    SIGTERM at exit (status -15); a drained, orderly stop is a success, so it exits 0 instead.
+    A SIGTERM while already stopping (systemd signals every process of the service, and a
+    supervisor forwards it to its workers too) changes nothing."""
+    def stop() -> None:
+        with suppress(ReactorNotRunning):
+            reactor.stop()
+
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(stop))
+
+
 class GatewayService(MultiService):
     """The gateway as a Twisted service: listens while running, reloads on ``SIGHUP``.
 
@@ -170,10 +183,7 @@ class GatewayService(MultiService):
         self._reactor.callWhenRunning(self._handle_sigterm)
 
     def _handle_sigterm(self) -> None:
-        # Twisted's own handler makes twistd re-raise SIGTERM at exit (status -15); a drained,
-        # orderly stop is a success, so exit 0 instead.
-        signal.signal(signal.SIGTERM,
-                      lambda *_: self._reactor.callFromThread(self._reactor.stop))
+        stop_on_sigterm(self._reactor)
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop accepting; let in-flight requests finish within ``drain_timeout``; close."""

@@ -283,9 +283,9 @@ class Supervisor(Service):
         self._reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        # As GatewayService: an orderly, drained stop exits 0 rather than re-raising SIGTERM.
-        signal.signal(signal.SIGTERM,
-                      lambda *_: self._reactor.callFromThread(self._reactor.stop))
+        from gateway.service import stop_on_sigterm
+
+        stop_on_sigterm(self._reactor)  # exit 0 after the workers have drained
         for number in range(1, self.settings.workers + 1):
             self._spawn(number)
 

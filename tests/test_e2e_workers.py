@@ -272,3 +272,45 @@ def test_check_config_shows_the_workers(tmp_path, pki, upstream):
     assert check.returncode == 0, check.stderr
     assert "  workers: 3\n" in check.stdout
 
+
+
+def test_a_systemd_socket_is_shared_by_the_workers(tmp_path, pki, upstream):
+    # Socket activation as systemd does it: the listening socket is descriptor 3, LISTEN_FDS=1,
+    # LISTEN_FDNAMES, and LISTEN_PID the gateway's pid (set before exec, which keeps the pid).
+    from harness import twistd_command
+
+    launch = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ.update(LISTEN_PID="
+              "str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='https'); "
+              "os.execv(sys.argv[2], sys.argv[2:])")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(16)
+        port = listening.getsockname()[1]
+        sections = base_sections(pki, upstream.url)
+        sections["gateway"].update({"listen": "systemd:domain=INET:index=0", "workers": "2"})
+        config = tmp_path / "gw.ini"
+        config.write_text(render_ini(sections))
+        log_path = tmp_path / "gw.log"
+        fd = listening.fileno()
+        process = subprocess.Popen(
+            [sys.executable, "-c", launch, str(fd), *twistd_command(config, log_path)],
+            pass_fds=[fd], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+    try:  # the test's copy is closed: only the gateway holds the socket now
+        def started() -> bool:
+            assert process.poll() is None, process.communicate()
+            return len(workers_of(process.pid)) == 2
+        wait_for(started, "two worker processes")
+        alice = pki.alice()
+        context = client_context(pki.ca, alice.cert, alice.key)
+
+        def both() -> bool:
+            assert https_request(port, context)[0] == 200
+            return served_by(log_path.read_text(), "200") == {"1", "2"}
+        wait_for(both, "both workers to answer on the systemd socket")
+        assert "LISTEN_FDS" not in Path(f"/proc/{min(workers_of(process.pid))}/environ"
+                                        ).read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=DEADLINE)
+    assert process.returncode == 0, err
