@@ -75,10 +75,18 @@ def until_both_served(gateway, pki, who: str, expected: int, since: int = 0) -> 
     wait_for(both, f"both workers to answer {who} with {expected}")
 
 
+def wait_serving(gateway, count: int) -> None:
+    """Until *count* workers run and have read the file (``serving pid=...``): a test may change
+    it from then on. (A worker that starts later reads the file as it is then.)"""
+    wait_for(lambda: len(workers_of(gateway.process.pid)) == count
+             and gateway.log().count(" serving pid=") >= count,
+             f"{count} workers serving")
+
+
 @pytest.fixture
 def two_workers(start_gateway):
     gateway = start_gateway({"gateway": {"workers": "2", "drain_timeout": "10"}})
-    wait_for(lambda: len(workers_of(gateway.process.pid)) == 2, "two worker processes")
+    wait_serving(gateway, 2)
     yield gateway
     gateway.stop()
 
@@ -143,6 +151,20 @@ def test_sighup_reloads_every_worker_and_a_broken_file_none(two_workers, pki):
     assert "reloaded configuration" not in after
 
 
+def test_the_supervisor_refuses_a_listener_change_for_every_worker(two_workers, pki):
+    gateway = two_workers
+    text = gateway.config.read_text()
+    gateway.config.write_text(text.replace("[gateway]\n", "[gateway]\ntls = off\n", 1))
+    mark = len(gateway.log())
+    gateway.process.send_signal(signal.SIGHUP)
+    gateway.wait_log("reload refused: listeners changed (listen, tls); restart to apply")
+    until_both_served(gateway, pki, "alice", 200, since=mark)  # still mTLS in every worker
+    after = gateway.log()[mark:]
+    assert after.count("reload refused") == 1
+    assert "[mtlsgw.workers#error] reload refused: listeners changed" in after
+    assert "reloaded configuration" not in after
+
+
 def test_sigterm_drains_every_worker_and_exits_0(two_workers, pki):
     gateway = two_workers
     pids = workers_of(gateway.process.pid)
@@ -196,7 +218,7 @@ def test_a_unix_listener_survives_a_worker_restart(start_gateway, pki, upstream,
                       "%{http_code}", "https://localhost/")
         return result.stdout
 
-    wait_for(lambda: len(workers_of(gateway.process.pid)) == 2, "two worker processes")
+    wait_serving(gateway, 2)
     wait_for(lambda: over_unix() == "200", "the unix listener to answer")
     # A worker stopped on its own (SIGTERM) leaves the socket file, which the supervisor owns.
     victim = min(workers_of(gateway.process.pid))
@@ -265,12 +287,33 @@ def test_a_port_in_use_stops_the_supervisor_with_one_line(tmp_path, pki, upstrea
     assert "Traceback" not in out + err
 
 
-def test_check_config_shows_the_workers(tmp_path, pki, upstream):
-    path = _bad(tmp_path, pki, upstream, workers="3")
+@pytest.mark.parametrize(("value", "shown"), [
+    ("3", "3"),
+    ("auto", f"{min(len(os.sched_getaffinity(0)), 256)} (auto)"),  # no cgroup quota here
+])
+def test_check_config_shows_the_workers(tmp_path, pki, upstream, value, shown):
+    from gateway.workers import cgroup_cpu_max, cpu_quota
+
+    if value == "auto" and any(cpu_quota(text) for text in cgroup_cpu_max()):
+        pytest.skip("this machine has a cgroup CPU quota; the unit tests cover it")
+    path = _bad(tmp_path, pki, upstream, workers=value)
     check = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)],
                            capture_output=True, text=True, timeout=DEADLINE, check=False)
     assert check.returncode == 0, check.stderr
-    assert "  workers: 3\n" in check.stdout
+    assert f"  workers: {shown}\n" in check.stdout
+
+
+def test_workers_auto_starts_one_worker_per_cpu(start_gateway, pki):
+    from gateway.workers import available_cpus
+
+    gateway = start_gateway({"gateway": {"workers": "auto"}})
+    count = available_cpus()
+    wait_serving(gateway, count)
+    assert f"mtlsgw supervisor pid={gateway.process.pid}: {count} worker(s) (auto)" in (
+        gateway.log())
+    assert status_of(gateway, pki, "alice") == 200
+    gateway.stop()
+    assert gateway.process.returncode == 0
 
 
 

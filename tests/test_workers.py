@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from twisted.logger import Logger, LogLevel, eventAsJSON, formatEvent
+from twisted.logger import Logger, LogLevel, eventAsJSON, formatEvent, formatEventAsClassicLogText
 
 from gateway.config import ConfigError, load
 from gateway.workers import (
@@ -166,3 +166,16 @@ def test_workers_refuse_a_listener_they_cannot_share(tmp_path):
         f"{path}: [gateway] workers = '2': the listener in [gateway] ({listen}) cannot be shared "
         "by workers: only tcp:, tcp6:, unix: and systemd: listeners can")
     assert load(_write(tmp_path, f"listen = {listen}")).workers == 1
+
+
+def test_a_worker_failure_keeps_its_traceback():
+    events = []
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        Logger(namespace="mtlsgw", observer=events.append).failure("authorizer x failed")
+    relayed = worker_event(3, eventAsJSON(events[0]).encode(), stderr=False, now=0.0)
+    text = formatEventAsClassicLogText(relayed)
+    assert "[mtlsgw#critical] worker=3 authorizer x failed" in text
+    assert "Traceback (most recent call last)" in text
+    assert "ZeroDivisionError" in text
