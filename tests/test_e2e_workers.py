@@ -197,6 +197,18 @@ def test_sigterm_drains_every_worker_and_exits_0(two_workers, pki):
     assert "stopping 2 worker(s), waiting up to 15.0 s" in gateway.log()
 
 
+def test_a_worker_that_does_not_stop_is_killed_after_drain_timeout_and_grace(start_gateway):
+    gateway = start_gateway({"gateway": {"workers": "2", "drain_timeout": "0"}})
+    wait_serving(gateway, 2)
+    stuck = min(workers_of(gateway.process.pid))
+    os.kill(stuck, signal.SIGSTOP)  # it cannot act on SIGTERM; SIGKILL still works
+    gateway.process.send_signal(signal.SIGTERM)
+    assert gateway.process.wait(DEADLINE) == 0
+    assert f"pid={stuck} still running 5.0 s after SIGTERM; killing it" in gateway.log()
+    assert f"pid={stuck} exited (signal SIGKILL)" in gateway.log()
+    assert not alive(stuck)
+
+
 def test_workers_stop_when_the_supervisor_dies(two_workers, pki):
     gateway = two_workers
     pids = workers_of(gateway.process.pid)
