@@ -109,6 +109,9 @@ class UpstreamSettings:
     private_key: Path | None
     server_name: str | None  # SNI and the name checked in the upstream's certificate
     host_header: str  # "client" | "upstream" | a literal Host value
+    idle_timeout: float = 4.0  # seconds an idle pooled connection is kept
+    read_timeout: float = 60.0  # seconds without a byte while a response body streams; 0 = none
+    max_head_size: int = 65536  # bytes of one response head (502 upstream-head-too-large)
 
 
 @attrs.frozen
@@ -122,6 +125,7 @@ class Limits:
     max_connections: int  # open client connections; more are closed at once
     drain_timeout: float  # seconds in-flight requests get to finish on SIGTERM
     access_log: str  # "all" | "problems" (denied, refused, status >= 400, aborted)
+    max_header_count: int = 100  # header lines in one request head (431)
 
 
 @attrs.frozen
@@ -187,6 +191,9 @@ _UPSTREAM_KEYS = {
     "upstream_pool_size",
     "upstream_connect_timeout",
     "upstream_response_timeout",
+    "upstream_idle_timeout",
+    "upstream_read_timeout",
+    "upstream_max_head_size",
     "upstream_ca",
     "upstream_certificate",
     "upstream_private_key",
@@ -202,6 +209,7 @@ _GATEWAY_KEYS = _UPSTREAM_KEYS | _LISTENER_KEYS | {
     "idle_timeout",
     "header_timeout",
     "max_head_size",
+    "max_header_count",
     "max_body_size",
     "max_connections",
     "drain_timeout",
@@ -468,6 +476,9 @@ def _upstream(section: _Section, base: Path) -> UpstreamSettings:
         pool_size=section.integer("upstream_pool_size", 32, 1, 10000),
         connect_timeout=section.seconds("upstream_connect_timeout", 5.0),
         response_timeout=section.seconds("upstream_response_timeout", 60.0, allow_zero=True),
+        idle_timeout=section.seconds("upstream_idle_timeout", 4.0),
+        read_timeout=section.seconds("upstream_read_timeout", 60.0, allow_zero=True),
+        max_head_size=section.integer("upstream_max_head_size", 65536, 1024, 1 << 24),
         **_upstream_tls(section, base, parts.scheme),
     )
 
@@ -714,6 +725,7 @@ def load(path: str | Path) -> GatewaySettings:
             max_connections=gateway.integer("max_connections", 10000, 1, 1_000_000),
             drain_timeout=gateway.seconds("drain_timeout", 10.0, allow_zero=True),
             access_log=gateway.choice("access_log", "all", ("all", "problems")),
+            max_header_count=gateway.integer("max_header_count", 100, 1, 10000),
         ),
         authorizer_timeout=sections["authorize"].seconds("timeout", 5.0, allow_zero=True),
         tls=tls,

@@ -96,6 +96,7 @@ def without_hop_by_hop(headers: Sequence[Header]) -> list[Header]:
     return [(n, v) for n, v in headers if n.lower() not in drop]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_owned(name: bytes, settings: HeaderSettings) -> bool:
     """True if the gateway owns header *name* (any case; ``_``/``.`` spellings included)."""
     normalized = normalize_name(name)

@@ -25,17 +25,19 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.error import CannotListenError, ReactorNotRunning
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from gateway import config
+from gateway.accesslog import BufferedLogObserver
 from gateway.authz.policy import Policy
 from gateway.authz.registry import available_types, build_authorizers
-from gateway.channel import GatewayHTTPFactory
-from gateway.proxy import ProxyRequest, Route
+from gateway.http.exchange import Route
+from gateway.http.pool import Upstream
+from gateway.http.server import Listener, Sweep
 from gateway.reuseport import ReusePortEndpoint
 from gateway.routes import RouteTable
 from gateway.tls import ServerConnectionCreator, build_context
-from gateway.upstream import Upstream, UpstreamTLS
+from gateway.upstream_tls import UpstreamTLS
 from gateway.worker import InheritedEndpoint
 
 log = Logger(namespace="mtlsgw")
@@ -59,6 +61,7 @@ class Generation:
     context: Any
     tables: dict[str, RouteTable[Route]]  # by listener name
     upstreams: tuple[Upstream, ...]
+    sweep: Sweep  # the timer sweep of the upstream connections and the client connections
 
 
 def validate(path: str | Path) -> Checked:
@@ -80,20 +83,36 @@ def validate(path: str | Path) -> Checked:
     return Checked(settings, context, policies, upstream_tls)
 
 
-def load_generation(path: str | Path, reactor: Any) -> Generation:
-    """:func:`validate` *path*, then build the routes (with their upstream clients) on *reactor*."""
+def sweep_interval(settings: config.GatewaySettings) -> float:
+    """Seconds between two timeout sweeps: an eighth of the shortest timeout configured, between
+    0.05 and 1 s, so a deadline fires at most 12.5 % (or a second) late."""
+    limits = settings.limits
+    timeouts = [limits.idle_timeout, limits.header_timeout]
+    if settings.tls is not None:
+        timeouts.append(settings.tls.handshake_timeout)
+    for route in settings.routes:
+        upstream = route.upstream
+        timeouts += [upstream.idle_timeout, upstream.response_timeout, upstream.read_timeout]
+    return min(1.0, max(0.05, min(t for t in timeouts if t > 0) / 8))
+
+
+def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) -> Generation:
+    """:func:`validate` *path*, then build the routes (with their upstream clients) on *reactor*.
+    *sweep* applies the timeouts (a new one when not given)."""
     checked = validate(path)
     settings = checked.settings
+    if sweep is None:
+        sweep = Sweep(reactor, sweep_interval(settings))
     upstreams = []
     by_listener: dict[str, list[Route]] = {listener.name: [] for listener in settings.listeners}
     for route in settings.routes:
-        upstream = Upstream(route.upstream, reactor, checked.upstream_tls.get(route.name))
+        upstream = Upstream(route.upstream, reactor, sweep, checked.upstream_tls.get(route.name))
         upstreams.append(upstream)
         by_listener[route.listener].append(Route(
             route.name, route.prefix, route.host, route.strip_prefix,
             attrs.evolve(checked.policies[route.name], clock=reactor), route.headers, upstream))
     tables = {name: RouteTable(routes) for name, routes in by_listener.items()}
-    return Generation(settings, checked.context, tables, tuple(upstreams))
+    return Generation(settings, checked.context, tables, tuple(upstreams), sweep)
 
 
 def cannot_listen(settings: config.GatewaySettings, exc: CannotListenError) -> NoReturn:
@@ -107,18 +126,6 @@ def cannot_listen(settings: config.GatewaySettings, exc: CannotListenError) -> N
     raise SystemExit(1) from None
 
 
-def stop_on_sigterm(reactor: Any) -> None:
-    """Make ``SIGTERM`` stop *reactor*, once it runs. Twisted's own handler makes twistd re-raise
-    SIGTERM at exit (status -15); a drained, orderly stop is a success, so it exits 0 instead.
-    A SIGTERM while already stopping (systemd signals every process of the service, and a
-    supervisor forwards it to its workers too) changes nothing."""
-    def stop() -> None:
-        with suppress(ReactorNotRunning):
-            reactor.stop()
-
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(stop))
-
-
 class GatewayService(MultiService):
     """The gateway as a Twisted service: listens while running, reloads on ``SIGHUP``.
 
@@ -126,6 +133,8 @@ class GatewayService(MultiService):
     the listening socket its supervisor bound, ``{listener name: descriptor}``, instead of
     binding its own.
     """
+
+    log_observer: BufferedLogObserver | None = None  # set by the twistd plugin
 
     def __init__(self, generation: Generation, reactor: Any,
                  inherited: Mapping[str, int] | None = None) -> None:
@@ -136,12 +145,12 @@ class GatewayService(MultiService):
         settings = generation.settings
         self._limits = settings.limits
         self.creator = ServerConnectionCreator(generation.context) if generation.context else None
-        self.factories: dict[str, GatewayHTTPFactory] = {}
+        self.factories: dict[str, Listener] = {}
+        self.sweep = generation.sweep
         handshake_timeout = settings.tls.handshake_timeout if settings.tls else 0.0
         for listener in settings.listeners:
-            factory = GatewayHTTPFactory(ProxyRequest, settings.limits, handshake_timeout,
-                                         listener.tls, reactor)
-            factory.routes = generation.tables[listener.name]
+            factory = Listener(listener.name, generation.tables[listener.name], settings.limits,
+                               handshake_timeout, listener.tls, reactor, self.sweep)
             self.factories[listener.name] = factory
             endpoint: Any
             if inherited is not None:
@@ -156,6 +165,17 @@ class GatewayService(MultiService):
             service._raiseSynchronously = True  # a port in use fails the start, not later
             service.setServiceParent(self)
         self._previous_handler: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:  # noqa: N802
+        """Under twistd, *parent* is the application: offer it the gateway's log observer (an
+        ``ILogObserver`` component, twistd's documented way; ``--logger`` still wins)."""
+        super().setServiceParent(parent)
+        observer = self.log_observer
+        if observer is not None and hasattr(parent, "setComponent") and parent.getComponent(
+                ILogObserver, None) is None:
+            parent.setComponent(ILogObserver, observer)
+            observer.clock = self._reactor
+            self._reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
 
     def privilegedStartService(self) -> None:  # noqa: N802
         # twistd opens the listening ports here (before dropping privileges).
@@ -172,6 +192,7 @@ class GatewayService(MultiService):
             super().startService()
         except CannotListenError as exc:
             self._cannot_listen(exc)
+        self.sweep.start()
         for listener in self.generation.settings.listeners:
             routes = ", ".join(f"{r.prefix}->{r.upstream.settings.url}"
                                for r in self.generation.tables[listener.name])
@@ -183,7 +204,17 @@ class GatewayService(MultiService):
         self._reactor.callWhenRunning(self._handle_sigterm)
 
     def _handle_sigterm(self) -> None:
-        stop_on_sigterm(self._reactor)
+        # Twisted's own handler makes twistd re-raise SIGTERM at exit (status -15); a drained,
+        # orderly stop is a success, so exit 0 instead.
+        signal.signal(signal.SIGTERM, lambda *_: self._reactor.callFromThread(self._terminate))
+
+    def _terminate(self) -> None:
+        if self.log_observer is not None:
+            self.log_observer.flush()
+        # A SIGTERM while already stopping (systemd signals every process of the service, and a
+        # workers supervisor forwards it too) changes nothing.
+        with suppress(ReactorNotRunning):
+            self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop accepting; let in-flight requests finish within ``drain_timeout``; close."""
@@ -196,7 +227,7 @@ class GatewayService(MultiService):
         await super().stopService()  # listening ports closed: nothing new comes in
         drain_timeout = self._limits.drain_timeout  # as started: limits change on restart only
         waiting = [channel.drain() for factory in self.factories.values()
-                   for channel in list(factory.channels)]
+                   for channel in list(factory.connections)]
         if waiting:
             log.info("draining {count} connection(s) for up to {timeout} s",
                      count=len(waiting), timeout=drain_timeout)
@@ -206,12 +237,13 @@ class GatewayService(MultiService):
                 timer.cancel()
         for upstream in self.generation.upstreams:
             await upstream.close()
+        self.sweep.stop()
 
     def _abort_all(self) -> None:
         for factory in self.factories.values():
-            for channel in list(factory.channels):
+            for channel in list(factory.connections):
                 log.warn("drain timeout: aborting connection with a request in flight")
-                channel.tls.abortConnection()
+                channel.abort()
 
     def reload(self) -> bool:
         """Re-read the config file; on success new connections and requests use it.
@@ -221,7 +253,7 @@ class GatewayService(MultiService):
         """
         old = self.generation
         try:
-            new = load_generation(old.settings.path, self._reactor)
+            new = load_generation(old.settings.path, self._reactor, self.sweep)
         except config.ConfigError as exc:
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc))

@@ -221,12 +221,6 @@ def build_context(
     # SSL_CTX_set_verify_depth, as nginx's ssl_verify_depth: at most this many intermediate CA
     # certificates between the leaf and the trust anchor.
     context.set_verify_depth(settings.verify_depth)
-    if settings.http2:
-        try:
-            import twisted.web._http2  # noqa: F401  (needs the h2 and priority packages)
-        except ImportError as exc:
-            raise loc.at("http2", "yes").error(
-                f"HTTP/2 support is not installed ({exc}): pip install 'twisted[http2]'") from None
     ours = (b"h2", b"http/1.1") if settings.http2 else (b"http/1.1",)
 
     def select(connection: SSL.Connection, offered: list[bytes]) -> bytes:

@@ -30,18 +30,29 @@ import sys
 from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.application.service import IService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError, ProcessExitedAlready
+from twisted.internet.error import CannotListenError, ProcessExitedAlready, ReactorNotRunning
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    eventFromJSON,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 
 from gateway import config
+from gateway.accesslog import BufferedLogObserver
+
+if TYPE_CHECKING:
+    from gateway.service import GatewayService
 
 log = Logger(namespace="mtlsgw.workers")
 
@@ -139,8 +150,9 @@ def worker_event(number: int, line: bytes, stderr: bool, now: float) -> dict[str
 
     On stdout a worker writes its log events as JSON, one a line (Twisted's
     ``jsonFileLogObserver``): the event keeps its namespace, level, time and fields, and its text
-    becomes ``worker=N <text>``. Anything else (stderr, a stray print) is a line of namespace
-    ``mtlsgw.worker``, at level error for stderr.
+    becomes ``worker=N <text>``; an access line (format ``{access}``) stays one, with
+    ``worker=N`` put before its ``access`` field. Anything else (stderr, a stray print) is a line
+    of namespace ``mtlsgw.worker``, at level error for stderr.
     """
     text = line.decode("utf-8", "replace").rstrip("\r")
     event: Any = None
@@ -151,6 +163,10 @@ def worker_event(number: int, line: bytes, stderr: bool, now: float) -> dict[str
         return {"log_format": _RELAYED, "mtlsgw_worker": number, "mtlsgw_text": text,
                 "log_namespace": "mtlsgw.worker",
                 "log_level": LogLevel.error if stderr else LogLevel.info, "log_time": now}
+    if event["log_format"] == "{access}" and isinstance(event.get("access"), str):
+        event.pop("log_flattened", None)
+        event["access"] = f"worker={number} {event['access']}"
+        return event
     formatted = formatEvent(event)
     event.pop("log_flattened", None)  # formatted already; the new format has other fields
     event.update(log_format=_RELAYED, mtlsgw_worker=number, mtlsgw_text=formatted)
@@ -256,6 +272,8 @@ def _how(reason: Failure) -> str:
 class Supervisor(Service):
     """The ``workers`` supervisor as a Twisted service (see the module docstring)."""
 
+    log_observer: BufferedLogObserver | None = None  # set by the twistd plugin
+
     def __init__(self, settings: config.GatewaySettings, reactor: Any) -> None:
         self.settings = settings  # as started: listeners, workers and drain_timeout
         self._reactor = reactor
@@ -264,6 +282,17 @@ class Supervisor(Service):
         self._backoff = {n: Backoff() for n in range(1, settings.workers + 1)}
         self._restarts: dict[int, Any] = {}  # pending restarts (IDelayedCall) by number
         self._stopping = False
+
+    def setServiceParent(self, parent: Any) -> None:  # noqa: N802
+        """As :meth:`GatewayService.setServiceParent`: offer twistd the log observer, which then
+        buffers the access lines relayed from every worker."""
+        super().setServiceParent(parent)
+        observer = self.log_observer
+        if observer is not None and hasattr(parent, "setComponent") and parent.getComponent(
+                ILogObserver, None) is None:
+            parent.setComponent(ILogObserver, observer)
+            observer.clock = self._reactor
+            self._reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
 
     def privilegedStartService(self) -> None:  # noqa: N802
         super().privilegedStartService()
@@ -283,11 +312,16 @@ class Supervisor(Service):
         self._reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        from gateway.service import stop_on_sigterm
-
-        stop_on_sigterm(self._reactor)  # exit 0 after the workers have drained
+        # As GatewayService: an orderly, drained stop exits 0 rather than re-raising SIGTERM.
+        signal.signal(signal.SIGTERM, lambda *_: self._reactor.callFromThread(self._terminate))
         for number in range(1, self.settings.workers + 1):
             self._spawn(number)
+
+    def _terminate(self) -> None:
+        if self.log_observer is not None:
+            self.log_observer.flush()
+        with suppress(ReactorNotRunning):  # a second SIGTERM while stopping
+            self._reactor.stop()
 
     def _spawn(self, number: int) -> None:
         self._restarts.pop(number, None)
@@ -402,7 +436,7 @@ class Supervisor(Service):
             worker.signal("KILL")
 
 
-def make_service(path: str | Path, reactor: Any = None) -> IService:
+def make_service(path: str | Path, reactor: Any = None) -> GatewayService | Supervisor:
     """The ``twistd mtlsgw`` service for config file *path*: a :class:`Supervisor` when
     ``workers`` is not 1, else the single-process :class:`~gateway.service.GatewayService`.
     Raises :class:`~gateway.config.ConfigError`."""

@@ -3,6 +3,8 @@ the upstream's response head and where a refused upgrade's body ends."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -10,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from gateway.websocket import (
+from gateway.http.websocket import (
     MAX_RESPONSE_HEAD,
     ChunkedEnd,
     ResponseHead,
@@ -20,7 +22,7 @@ from gateway.websocket import (
     parse_response_head,
     request_head,
 )
-from gateway.websocket import _UpgradeRelay as UpgradeRelay
+from gateway.http.websocket import _UpgradeRelay as UpgradeRelay
 
 UPGRADE = [(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
 
@@ -187,24 +189,37 @@ class Transport(StringTransport):
 
 
 class FakeChannel:
-    """What relay uses of a GatewayChannel: transport, _dataBuffer, setTimeout, connectionLost."""
+    """What relay uses of the client connection (gateway.http.server.ServerProtocol): its
+    transport, whose producer it is, and take_over(); connection loss reaches the relay through
+    the exchange (client_gone) before a takeover and through take_over's on_lost after it."""
 
     def __init__(self, buffered: list[bytes]) -> None:
         self.transport = Transport()
-        self.transport.registerProducer(self, True)  # as HTTPChannel.connectionMade does
-        self._dataBuffer = buffered
-        self.timeouts: list[object] = []
+        self.transport.registerProducer(self, True)  # as ServerProtocol.connectionMade does
+        self._buffered = b"".join(buffered)
+        self.taken_over = False
         self.lost: list[Failure] = []
         self.received: list[bytes] = []
+        self.before_takeover: Callable[[], None] = lambda: None
+        self._reader: Callable[[bytes], None] = self.received.append
+        self._on_lost: Callable[[], None] | None = None
 
-    def setTimeout(self, value: object) -> None:
-        self.timeouts.append(value)
+    def take_over(self, reader: Callable[[bytes], None], on_lost: Callable[[], None]) -> bytes:
+        self.taken_over = True
+        self._reader, self._on_lost = reader, on_lost
+        self.transport.unregisterProducer()
+        pending, self._buffered = self._buffered, b""
+        return pending
 
     def connectionLost(self, reason: Failure) -> None:
         self.lost.append(reason)
+        if self._on_lost is not None:
+            self._on_lost()
+        else:
+            self.before_takeover()
 
     def dataReceived(self, data: bytes) -> None:
-        self.received.append(data)
+        self._reader(data)
 
     def pauseProducing(self) -> None: ...
     def resumeProducing(self) -> None: ...
@@ -238,7 +253,8 @@ class Setup:
         self.client = self.channel.transport
         self.clock = Clock()
         self.endpoint = FakeEndpoint()
-        relay = UpgradeRelay(self.channel, HEAD, self.clock, timeout)  # type: ignore[arg-type]
+        relay = UpgradeRelay(self.channel, HEAD, self.clock, timeout)
+        self.channel.before_takeover = relay.client_gone  # what the exchange does
         self.results: list[object] = []
         relay.start(self.endpoint).addBoth(self.results.append)
 
@@ -256,8 +272,7 @@ def test_relay_splices_after_101_with_backpressure_both_ways():
     assert t.results == [101]
     assert t.client.value() == SWITCH + b"\x81\x02hi"
     assert t.upstream.value() == HEAD + b"early frames"  # what the client sent behind its head
-    assert t.channel._dataBuffer == []
-    assert t.channel.timeouts == [None]
+    assert t.channel.taken_over
     # Each side's transport is the other's producer.
     t.client.producer.pauseProducing()
     assert t.upstream.producerState == "paused"
@@ -334,7 +349,7 @@ def test_relay_passes_interim_responses_on():
 
 
 @pytest.mark.parametrize(("answer", "why"), [
-    (b"HTTP/1.1 101 OK\r\n" + b"X: " + b"a" * MAX_RESPONSE_HEAD, "over 16384 bytes"),
+    (b"HTTP/1.1 101 OK\r\n" + b"X: " + b"a" * MAX_RESPONSE_HEAD, "over 65536 bytes"),
     (b"SSH-2.0-OpenSSH\r\n\r\n", "malformed status line"),
     (b"HTTP/1.1 400 Bad\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "Content-Length"),
 ])
@@ -346,7 +361,7 @@ def test_relay_fails_on_an_unusable_head_before_writing_anything(answer, why):
     assert why in str(failure.value)
     assert t.client.value() == b""
     assert t.upstream.disconnected
-    assert "connectionLost" not in vars(t.channel)  # the channel is Twisted's again
+    assert not t.channel.taken_over  # the connection still speaks HTTP
     assert t.client.producer is t.channel
 
 

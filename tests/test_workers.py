@@ -85,7 +85,9 @@ def test_a_worker_event_keeps_its_namespace_level_and_time_and_is_tagged():
     assert relayed["log_level"] == LogLevel.info
     assert relayed["log_time"] == events[0]["log_time"]
     assert formatEvent(relayed) == 'worker=2 request peer=127.0.0.1 path="/x" status=200'
-    assert relayed["access"] == 'request peer=127.0.0.1 path="/x" status=200'
+    # Still an access event (format {access}): a buffering observer recognises it.
+    assert relayed["log_format"] == "{access}"
+    assert relayed["access"] == 'worker=2 request peer=127.0.0.1 path="/x" status=200'
 
 
 def test_other_worker_output_is_relayed_as_a_tagged_line():

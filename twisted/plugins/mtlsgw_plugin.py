@@ -40,9 +40,12 @@ class _ServiceMaker:
     options = Options
 
     def makeService(self, options: Options):  # type: ignore[no-untyped-def]
+        from gateway.accesslog import observer_for
         from gateway.workers import make_service
 
-        return make_service(options["config"])  # a supervisor when [gateway] workers is not 1
+        service = make_service(options["config"])  # a supervisor when [gateway] workers is not 1
+        service.log_observer = observer_for(getattr(options, "parent", None))
+        return service
 
 
 serviceMaker = _ServiceMaker()

@@ -1,8 +1,8 @@
 """WebSocket upgrades: relayed to the upstream after authorization, then spliced both ways.
 
-Twisted's HTTP client cannot take part in a protocol upgrade (RFC 9110 §7.8), so an authorized
-``GET`` carrying ``Connection: upgrade`` and ``Upgrade: websocket`` (the opening handshake of
-RFC 6455 §4.1) does not go through :class:`~gateway.upstream.Upstream`'s pool. :func:`relay`
+An upgraded connection is never reused for another request, so an authorized ``GET`` carrying
+``Connection: upgrade`` and ``Upgrade: websocket`` (the opening handshake of RFC 6455 §4.1) does
+not go through the upstream's pool (:mod:`gateway.http.pool`). :func:`relay`
 opens a connection of its own to the upstream (TLS and certificate checks as for any request),
 writes the request head re-serialised as HTTP/1.1 with the identity headers the caller computed
 plus ``Connection: Upgrade`` / ``Upgrade: websocket``, and reads the upstream's response head:
@@ -16,7 +16,7 @@ plus ``Connection: Upgrade`` / ``Upgrade: websocket``, and reads the upstream's 
   then the client connection is closed. Interim ``1xx`` responses are passed on.
 
 Nothing is sent to the client before a usable response head has arrived, so a failure up to that
-point (connect, TLS, a head that is malformed or over 16 KiB, no head within
+point (connect, TLS, a head that is malformed or over ``upstream_max_head_size``, no head within
 ``upstream_response_timeout``) fails the :class:`Deferred` and the caller answers 502.
 """
 
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -35,16 +35,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.channel import GatewayChannel
 from gateway.headers import HOP_BY_HOP
+from gateway.http.pool import Upstream
 from gateway.logfmt import clean
-from gateway.upstream import Upstream
 
 log = Logger(namespace="mtlsgw.websocket")
 
 Header = tuple[bytes, bytes]
 
-MAX_RESPONSE_HEAD = 16 * 1024  # bytes of one upstream response head, final CRLF CRLF included
+MAX_RESPONSE_HEAD = 64 * 1024  # bytes of one upstream response head (upstream_max_head_size)
 CLOSE_GRACE = 15.0  # seconds a closing side may take to flush before it is aborted
 _MAX_CHUNK_LINE = 4096  # bytes of a chunk-size or trailer line in a non-101 chunked body
 
@@ -56,7 +55,15 @@ _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 class UpgradeError(Exception):
     """The upgrade could not be relayed: the upstream's answer was unusable (malformed or too
     large head, closed before the head, no head in time) or the request head could not be
-    written."""
+    written. ``kind`` is the ``upstream_status`` it gives."""
+
+    kind = "upstream-unreachable"
+
+
+class HeadTooLargeError(UpgradeError):
+    """The upstream's response head is over ``upstream_max_head_size``."""
+
+    kind = "upstream-head-too-large"
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -256,10 +263,13 @@ class _UpgradeRelay(Protocol):
 
     transport: Any  # the upstream connection: TCP, or TLS over TCP; None until connected
 
-    def __init__(self, channel: GatewayChannel, head: bytes, reactor: Any,
-                 response_timeout: float) -> None:
+    def __init__(self, channel: Any, head: bytes, reactor: Any, response_timeout: float,
+                 max_head: int = MAX_RESPONSE_HEAD) -> None:
+        # *channel*: the client connection, with ``transport`` and ``take_over(reader, on_lost)``
+        # (gateway.http.server.ServerProtocol).
         self.channel = channel
         self.client: Any = channel.transport
+        self._max_head = max_head
         self.result: Deferred[int] = Deferred()
         self._head = head
         self._reactor = reactor
@@ -283,14 +293,10 @@ class _UpgradeRelay(Protocol):
         self._from_upstream = 0
         self._spliced_at = 0.0
         self._peer = _peer(self.client)
-        self._original_connection_lost = channel.connectionLost
         if response_timeout:
             self._timer = reactor.callLater(response_timeout, self._too_slow, response_timeout)
 
     def start(self, endpoint: Any) -> Deferred[int]:
-        # Until the upstream answers, the channel stays Twisted's, but its connection loss must
-        # reach us too: the upstream connection is then dropped at once.
-        self.channel.connectionLost = self._client_lost_early  # type: ignore[method-assign]
         self._connecting = endpoint.connect(_OneConnection(self))
         self._connecting.addCallbacks(self._connected, self._connect_failed)
         return self.result
@@ -308,16 +314,12 @@ class _UpgradeRelay(Protocol):
         self._timer = None
         self._fail(Failure(UpgradeError(f"no response head within {seconds:g} s")))
 
-    def _client_lost_early(self, reason: Failure = connectionDone) -> None:
+    def client_gone(self) -> None:
+        """The client connection went away before the takeover (the exchange learnt first)."""
+        if self._took_over:
+            return
         self._client_gone = True
-        self._restore_channel()
-        # Twisted's own handling first: the exchange learns the client is gone before the
-        # Deferred fails, so it does not try to answer.
-        self.channel.connectionLost(reason)
         self._fail(Failure(UpgradeError("the client closed the connection")))
-
-    def _restore_channel(self) -> None:
-        vars(self.channel).pop("connectionLost", None)
 
     def _fail(self, failure: Failure) -> None:
         """Give up before anything of the response reached the client (caller answers 502)."""
@@ -325,7 +327,6 @@ class _UpgradeRelay(Protocol):
             return
         self._state = "closed"
         self._cancel_timer()
-        self._restore_channel()
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()
@@ -360,11 +361,11 @@ class _UpgradeRelay(Protocol):
 
     def _heads(self) -> None:
         while self._state == "head":
-            end = self._buffer.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD)
+            end = self._buffer.find(b"\r\n\r\n", 0, self._max_head)
             if end < 0:
-                if len(self._buffer) >= MAX_RESPONSE_HEAD:
-                    self._fail(Failure(UpgradeError(
-                        f"response head over {MAX_RESPONSE_HEAD} bytes")))
+                if len(self._buffer) >= self._max_head:
+                    self._fail(Failure(HeadTooLargeError(
+                        f"response head over {self._max_head} bytes")))
                 return
             raw, self._buffer = self._buffer[: end + 4], self._buffer[end + 4:]
             try:
@@ -389,23 +390,13 @@ class _UpgradeRelay(Protocol):
         request head (for the upstream after a 101)."""
         self._cancel_timer()
         self._took_over = True
-        channel = self.channel
-        channel.setTimeout(None)  # no idle timeout from Twisted on a spliced connection
-        # Private Twisted state: while a request is being handled, HTTPChannel.rawDataReceived
-        # keeps whatever the client sends after the request head (pipelined data; here early
-        # WebSocket frames) in channel._dataBuffer, to parse as the next request later. It is
-        # the start of the upgraded stream and must not be lost.
-        pending = b"".join(channel._dataBuffer)
-        channel._dataBuffer = []
-        channel.dataReceived = (  # type: ignore[method-assign]
-            self._client_data if forward else _ignore)
-        channel.connectionLost = self._client_lost  # type: ignore[method-assign]
+        # The client connection stops speaking HTTP (no timeouts from now on); what the client
+        # sent after its request head is the start of the upgraded stream and must not be lost.
+        # The connection unregisters itself as its transport's producer and resumes reading; the
+        # upstream transport takes its place.
+        pending: bytes = self.channel.take_over(self._client_data if forward else _ignore,
+                                         self._client_lost)
         assert self.transport is not None
-        # The channel registered itself as the client transport's producer when the connection
-        # was made; the upstream transport takes its place. Twisted pauses reading from the
-        # client when over 16 KiB arrive while a request is handled: resume that.
-        self.client.unregisterProducer()
-        self.client.resumeProducing()
         self.client.registerProducer(_Pauser(self.transport, self._close_upstream), True)
         if forward:
             self.transport.registerProducer(_Pauser(self.client, self._close_client), True)
@@ -504,7 +495,7 @@ class _UpgradeRelay(Protocol):
         self._upstream_abort = self._reactor.callLater(CLOSE_GRACE,
                                                        self.transport.abortConnection)
 
-    def _client_lost(self, reason: Failure = connectionDone) -> None:
+    def _client_lost(self) -> None:
         """The client connection is gone (after the takeover)."""
         self._client_gone = True
         _cancel(self._client_abort)
@@ -513,8 +504,6 @@ class _UpgradeRelay(Protocol):
             self._state = "closed"
         self._close_upstream()
         self._log_end()
-        # GatewayChannel's own bookkeeping: connection count, drain, the request's notifyFinish.
-        self._original_connection_lost(reason)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         """The upstream connection is gone."""
@@ -570,30 +559,45 @@ def _peer(transport: Any) -> str:
     return f"{host}:{peer.port}" if host is not None else "unix"
 
 
-def relay(channel: GatewayChannel, method: bytes, target: bytes, headers: Sequence[Header],
-          upstream: Upstream, reactor: Any) -> Deferred[int]:
+def relay(exchange: Any, method: bytes, target: bytes, headers: Sequence[Header],
+          upstream: Upstream, reactor: Any) -> _UpgradeRelay:
     """Relay one authorized WebSocket upgrade request to *upstream* over a new connection.
 
-    *channel* is the client connection, its request head parsed (the request is still being
-    handled); *method* and *target* (origin-form, ``/path?query``, after any ``strip_prefix``)
-    form the request line, prefixed with the upstream URL's path; *headers* are the
-    ``(name, value)`` pairs to send (end-to-end client headers including ``Host`` and
-    ``Sec-WebSocket-*``, identity and ``X-Forwarded-*`` headers), to which ``Connection: Upgrade``
-    and ``Upgrade: websocket`` are added. *reactor* provides ``IReactorTCP`` and
-    ``IReactorTime``.
+    *exchange* is the request's :class:`~gateway.http.exchange.Exchange` on an HTTP/1.1
+    connection; *method* and *target* (origin-form, ``/path?query``, the upstream URL's path and
+    any ``strip_prefix`` applied) form the request line; *headers* are the ``(name, value)``
+    pairs to send (end-to-end client headers including ``Host`` and ``Sec-WebSocket-*``, identity
+    and ``X-Forwarded-*`` headers), to which ``Connection: Upgrade`` and ``Upgrade: websocket``
+    are added. *reactor* provides ``IReactorTime``.
 
-    The Deferred fires with the upstream's final status once its head has reached the client:
+    Calls ``exchange.upgraded(status)`` once the upstream's final head has reached the client:
     ``101`` (the connections are then spliced until one closes) or another status (its response
-    is being copied to the client, which is closed after it). It fails, with nothing sent to the
-    client, with Twisted's connect or TLS error, or :class:`UpgradeError` (unusable head, no head
-    within ``upstream_response_timeout``, the client went away).
+    is copied to the client, which is closed after it); or ``exchange.upgrade_failed(detail,
+    kind)`` with nothing sent to the client (connect or TLS error, unusable head, no head within
+    ``upstream_response_timeout``). Returns the relay (``client_gone()`` tells it the client left).
     """
     settings = upstream.settings
     try:
-        head = request_head(method, settings.base_path.encode("ascii") + target, headers,
-                            upstream.authority.encode("idna"))
-    except Exception as exc:  # a header that cannot be written
-        return fail(exc)
-    # The upstream's own endpoint (TLS policy included), built once per configuration.
-    return _UpgradeRelay(channel, head, reactor, settings.response_timeout).start(
-        upstream.endpoint)
+        head = request_head(method, target, headers, upstream.authority.encode("idna"))
+    except UpgradeError as exc:  # a header that cannot be written
+        reactor.callLater(0, exchange.upgrade_failed, str(exc))
+        head = b""
+    connection = exchange.stream.connection
+    upgrade = _UpgradeRelay(connection, head, reactor, settings.response_timeout,
+                            settings.max_head_size)
+    if not head:
+        return upgrade
+    def failed(failure: Failure) -> None:
+        kind = getattr(failure.value, "kind", "upstream-unreachable")
+        exchange.upgrade_failed(_failure_text(failure), kind)
+
+    upgrade.start(upstream.endpoint).addCallbacks(exchange.upgraded, failed)
+    return upgrade
+
+
+def _failure_text(failure: Failure) -> str:
+    value = failure.value
+    reasons = getattr(value, "reasons", None)
+    if reasons:
+        return "; ".join(_failure_text(r) for r in reasons)
+    return f"{type(value).__name__}: {value}"

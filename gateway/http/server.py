@@ -1,0 +1,604 @@
+"""One client connection: the TLS handshake outcome, then HTTP/1.1 or HTTP/2 on it.
+
+:class:`Listener` is the protocol factory of one configured listener (routes, limits, open
+connections). :class:`ServerProtocol` is one connection: it captures the verified client identity
+once, when the handshake completes (a request never re-reads it), writes an audit line for every
+handshake that fails (OpenSSL's verify error and depth), applies ``handshake_timeout``,
+``header_timeout`` and ``idle_timeout`` through one periodic sweep per listener, and then speaks
+HTTP/1.1 itself (:class:`~gateway.http.h1.RequestParser`, one request at a time, pipelined requests
+answered in order) or hands the connection to :class:`~gateway.http.h2.H2Session` when ALPN chose
+``h2``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from OpenSSL import SSL, crypto
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.config import Limits
+from gateway.http import h1
+from gateway.http.exchange import Exchange
+from gateway.http.stream import Header, RequestHead
+from gateway.identity import ClientIdentity, UnsafeNameError, identity_from_der
+from gateway.logfmt import clean
+from gateway.tls import handshake_state
+
+log = Logger(namespace="mtlsgw.tls")
+
+
+class Sweep:
+    """One periodic timer for many deadlines: every *interval* seconds, each registered item whose
+    ``deadline`` (``reactor.seconds()`` time, or ``None``) has passed gets ``expire()``.
+
+    Replaces a ``callLater`` per connection and request: setting a deadline is an attribute
+    store. A deadline fires up to *interval* seconds late.
+    """
+
+    def __init__(self, reactor: Any, interval: float) -> None:
+        self._reactor = reactor
+        self.interval = interval
+        self.items: set[Any] = set()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = reactor
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def now(self) -> float:
+        """The reactor's clock, in seconds."""
+        return float(self._reactor.seconds())
+
+    def _tick(self) -> None:
+        now = self.now()
+        for item in [i for i in self.items if i.deadline is not None and i.deadline <= now]:
+            if item.deadline is not None and item.deadline <= now:
+                item.expire()
+
+
+class Listener(Factory):
+    """The protocol factory of one listener.
+
+    ``routes`` (a :class:`~gateway.routes.RouteTable` of :class:`~gateway.http.exchange.Route`) is
+    replaced on reload; a request reads it once. ``limits`` bound connections and requests;
+    ``handshake_timeout`` (seconds) aborts a connection whose TLS handshake is not done in time;
+    ``tls`` is false for a plain (egress) listener. ``connections`` holds the open ones.
+    """
+
+    noisy = False
+
+    def __init__(self, name: str, routes: Any, limits: Limits, handshake_timeout: float,
+                 tls: bool, reactor: Any, sweep: Sweep) -> None:
+        self.name = name
+        self.routes = routes
+        self.limits = limits
+        self.handshake_timeout = handshake_timeout
+        self.tls = tls
+        self.reactor = reactor
+        self.sweep = sweep
+        self.connections: set[ServerProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> ServerProtocol:  # noqa: N802
+        return ServerProtocol(self)
+
+
+def _peer(transport: Any) -> str:
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    return f"{host}:{peer.port}" if host is not None else "unix"
+
+
+def _ssl_reason(reason: Failure) -> str:
+    error = reason.value
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        parts = [entry[-1] for entry in error.args[0] if entry and entry[-1]]
+        if parts:
+            return "; ".join(str(p) for p in parts)
+    return reason.getErrorMessage() or type(error).__name__
+
+
+def refusal(status: int, reason: str) -> bytes:
+    """The body of a response the gateway writes itself: ``<code> <phrase>: <reason>\\n``."""
+    return b"%d %s: %s\n" % (status, h1.reason_phrase(status), clean(reason).encode("ascii"))
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class ServerProtocol(Protocol):
+    """One client connection (see the module docstring).
+
+    Provides :class:`~gateway.http.stream.ClientConnection`: ``identity``, ``server_name``,
+    ``tls``, ``peer_host``, ``listener``. It is its transport's producer, so it learns when the
+    client stops taking response bytes and pauses the response's producer meanwhile.
+    """
+
+    transport: Any
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.tls = listener.tls
+        self.identity: ClientIdentity | None = None
+        self.server_name: str | None = None
+        self.peer_host = "unix"
+        self.deadline: float | None = None  # for the listener's Sweep
+        self._expire: Callable[[], None] = self._idle
+        self._handshake_done = False
+        self._h2: Any = None
+        self._parser: h1.RequestParser | None = None
+        self._current: H1Stream | None = None  # the request being answered
+        self._waiting: deque[H1Stream] = deque()  # pipelined requests behind it
+        self._refused: tuple[int, str] | None = None  # a framing error behind them
+        self._closing = False  # no request after the current one
+        self._gone = False
+        self._stopped = False  # closing: nothing more is read or answered
+        self._write_paused = False
+        self._read_paused = False
+        self._takeover: Callable[[bytes], None] | None = None  # an upgraded connection's reader
+        self._takeover_lost: Callable[[], None] | None = None
+        self._on_lost: list[Deferred[None]] = []
+        self.identity_headers: dict[Any, tuple[Header, ...]] = {}  # per HeaderSettings
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802
+        listener = self.listener
+        self.peer_host = str(getattr(self.transport.getPeer(), "host", "unix"))
+        listener.connections.add(self)
+        listener.sweep.items.add(self)
+        self.transport.registerProducer(self, True)
+        if len(listener.connections) > listener.limits.max_connections:
+            log.warn("closing connection peer={peer}: max_connections ({limit}) reached",
+                     peer=_peer(self.transport), limit=listener.limits.max_connections)
+            self._handshake_done = True  # logged here
+            self.transport.abortConnection()
+            return
+        if not listener.tls:
+            self._handshake_done = True  # a plain (egress) listener: no handshake, no identity
+            self._start_http1()
+            return
+        self._set_deadline(listener.handshake_timeout, self._handshake_too_slow)
+
+    def _set_deadline(self, seconds: float, expire: Callable[[], None]) -> None:
+        self.deadline = self.listener.sweep.now() + seconds
+        self._expire = expire
+
+    def expire(self) -> None:
+        """Called by the listener's :class:`Sweep` once ``deadline`` has passed."""
+        self.deadline = None
+        self._expire()
+
+    def _handshake_too_slow(self) -> None:
+        log.info("tls handshake timed out peer={peer}", peer=_peer(self.transport))
+        self._handshake_done = True  # logged here; not again as a failure in connectionLost
+        self.transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        """Twisted's ``IHandshakeListener``: capture the client identity, fail closed."""
+        self.deadline = None
+        self._handshake_done = True
+        connection: SSL.Connection = self.transport.getHandle()
+        name = connection.get_servername()
+        self.server_name = name.decode("ascii", "replace") if name else None
+        if connection.get_peer_certificate() is not None:
+            chain = connection.get_verified_chain()
+            try:
+                if not chain:  # a certificate OpenSSL did not verify: cannot happen; fail closed
+                    raise ValueError("peer certificate present but not verified")
+                self.identity = identity_from_der(
+                    crypto.dump_certificate(crypto.FILETYPE_ASN1, chain[0]))
+            except (ValueError, UnsafeNameError) as exc:
+                log.warn("closing connection peer={peer}: {error}", peer=_peer(self.transport),
+                         error=clean(str(exc)))
+                self.transport.abortConnection()
+                return
+        if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
+            from gateway.http.h2 import H2Session
+
+            self._h2 = H2Session(self, self.transport, Exchange, self.listener.limits,
+                                 Logger(namespace="mtlsgw.http2"))
+            self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
+        else:
+            self._start_http1()
+
+    def _start_http1(self) -> None:
+        limits = self.listener.limits
+        self._parser = h1.RequestParser(self, limits.max_head_size, limits.max_header_count)
+        self._set_deadline(limits.idle_timeout, self._idle)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._takeover is not None:
+            self._takeover(data)
+        elif self._h2 is not None:
+            self._h2.data_received(data)
+            if self._h2.idle() and self.deadline is None:
+                self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
+            elif not self._h2.idle():
+                self.deadline = None
+        elif self._parser is not None and not self._closing and not self._stopped:
+            if self._expire == self._body_too_slow:
+                self.deadline = self.listener.sweep.now() + self.listener.limits.idle_timeout
+            self._feed(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        self._gone = True
+        self.deadline = None
+        self.listener.connections.discard(self)
+        self.listener.sweep.items.discard(self)
+        if not self._handshake_done:
+            self._log_failed_handshake(reason)
+        if self._h2 is not None:
+            self._h2.connection_lost()
+        streams = [self._current, *self._waiting] if self._current else list(self._waiting)
+        self._current = None
+        self._waiting.clear()
+        for stream in streams:
+            if stream is not None and stream.exchange is not None:
+                stream.exchange.client_lost()
+        waiting, self._on_lost = self._on_lost, []
+        for gone in waiting:
+            gone.callback(None)
+        if self._takeover_lost is not None:
+            self._takeover_lost()
+
+    def _log_failed_handshake(self, reason: Failure) -> None:
+        try:
+            state = handshake_state(self.transport.getHandle())
+        except (AttributeError, TypeError):
+            return
+        error = state.first_error
+        log.info(
+            "tls handshake failed peer={peer} verify_error={verify} depth={depth} reason={reason}",
+            peer=_peer(self.transport),
+            verify=clean(error.reason) if error else "-",
+            depth=error.depth if error else "-",
+            reason=clean(_ssl_reason(reason)),
+        )
+
+    def close(self) -> None:
+        """Close after what has been written (TLS close_notify)."""
+        self._stopped = True
+        if not self._gone:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Drop the connection at once (TCP reset)."""
+        self._stopped = True
+        if not self._gone:
+            self.transport.abortConnection()
+
+    def drain(self) -> Deferred[None]:
+        """Shutting down: close now if idle, else after the response in flight (HTTP/2: GOAWAY,
+        then close once the open streams are done). Fires when the connection is gone."""
+        gone: Deferred[None] = Deferred()
+        if self._gone:
+            gone.callback(None)
+            return gone
+        self._on_lost.append(gone)
+        if self._h2 is not None:
+            self._h2.drain()
+        elif self._takeover is None:
+            self._closing = True
+            if self._current is None:
+                self.close()
+        return gone
+
+    # -- IPushProducer: the client's write side -----------------------------------------------
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self._write_paused = True
+        if self._h2 is not None:
+            self._h2.pause_writing()
+        elif self._current is not None and self._current.producer is not None:
+            self._current.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._write_paused = False
+        if self._h2 is not None:
+            self._h2.resume_writing()
+        elif self._current is not None and self._current.producer is not None:
+            self._current.producer.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """The transport is going away; connectionLost follows."""
+
+    # -- timeouts ------------------------------------------------------------------------------
+
+    def _idle(self) -> None:
+        if self._current is None and not self._gone:
+            self.close()
+
+    def _h2_idle(self) -> None:
+        if self._h2 is not None and self._h2.idle():
+            self._h2.close_idle()
+
+    def _body_too_slow(self) -> None:
+        current = self._current
+        if current is not None and not current.ended and not self._read_paused:
+            log.info("closing connection peer={peer}: no request body bytes within "
+                     "idle_timeout", peer=_peer(self.transport))
+            self.abort()
+
+    def _head_too_slow(self) -> None:
+        if self._current is None:
+            self._refuse(408, "request-head-timeout")
+        else:
+            self._refused = self._refused or (408, "request-head-timeout")
+            self._closing = True
+
+    # -- HTTP/1.1 ------------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None
+        try:
+            rest = parser.feed(data)
+        except h1.RequestError as error:
+            self._closing = True
+            last = self._waiting[-1] if self._waiting else self._current
+            if last is not None and not last.ended:
+                # The framing broke inside this request's body: it cannot go on (the upstream
+                # must never take the truncated body for a complete one).
+                self._waiting.clear()
+                self._current = None
+                last.broken(error.status, error.reason)
+            elif self._current is None:
+                self._refuse(error.status, error.reason)
+            else:
+                self._refused = (error.status, error.reason)
+            return
+        if rest is not None:  # an upgrade or CONNECT head, or a request ending the connection
+            self._closing = True
+            last = self._waiting[-1] if self._waiting else self._current
+            if last is not None and last.head.upgrade:
+                last.after_head = rest
+        if (parser.in_head and self._current is None and self.deadline is None) or (
+                parser.in_head and self._expire == self._idle):
+            self._set_deadline(self.listener.limits.header_timeout, self._head_too_slow)
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer a request refused while its head was read, log it, and close."""
+        body = refusal(status, reason)
+        self.transport.write(h1.response_head(b"HTTP/1.1", status, [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", b"%d" % len(body)),
+            (b"Connection", b"close")]) + body)
+        log.info("request rejected peer={peer} status={status} reason={reason}",
+                 peer=_peer(self.transport), status=status, reason=reason)
+        self._closing = True
+        self.close()
+
+    # h1.Receiver: the parser's events, in order.
+
+    def request_head(self, head: RequestHead) -> None:
+        if self._stopped:
+            return
+        stream = H1Stream(self, head)
+        if self._current is None:
+            self.deadline = None
+            if head.content_length != 0:  # the body must keep coming (idle_timeout)
+                self._set_deadline(self.listener.limits.idle_timeout, self._body_too_slow)
+            self._current = stream
+            stream.begin()
+        else:
+            self._waiting.append(stream)
+            self._pause_reading()  # one read's worth of pipelined requests is enough
+
+    def request_body(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        stream = self._waiting[-1] if self._waiting else self._current
+        if stream is not None:
+            stream.body(data)
+
+    def request_end(self) -> None:
+        if self._stopped:
+            return
+        stream = self._waiting[-1] if self._waiting else self._current
+        if stream is not None:
+            stream.end()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused:
+            self._read_paused = True
+            self.transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resumeProducing()
+
+    def response_done(self, stream: H1Stream) -> None:
+        """*stream*'s response is complete: go on with the next request, or close."""
+        if stream is not self._current:
+            return
+        self._current = None
+        if not stream.ended:
+            stream.closing = True
+        if stream.closing:
+            self._waiting.clear()  # nothing after this response is answered
+            self.close()
+            return
+        if self._closing and not self._waiting:
+            if self._refused is not None and not self._gone:
+                self._refuse(*self._refused)
+            else:
+                self.close()
+            return
+        if self._waiting:
+            self._current = self._waiting.popleft()
+            if not self._waiting:
+                self._resume_reading()
+            self._current.begin()
+            return
+        self._resume_reading()
+        if self._parser is not None and self._parser.in_head:
+            self._set_deadline(self.listener.limits.header_timeout, self._head_too_slow)
+        else:
+            self._set_deadline(self.listener.limits.idle_timeout, self._idle)
+
+    def take_over(self, reader: Callable[[bytes], None], on_lost: Callable[[], None]) -> bytes:
+        """Stop speaking HTTP on this connection (an upgrade was accepted): from now on
+        *reader* gets the client's bytes and *on_lost* the connection's end. Returns the bytes
+        the client sent after the upgrade request's head. No timeout applies any more."""
+        stream = self._current
+        self._takeover = reader
+        self.deadline = None
+        self._current = None
+        self._waiting.clear()
+        self._on_lost.clear()
+        self._takeover_lost = on_lost
+        self._resume_reading()
+        self.transport.unregisterProducer()
+        return stream.after_head if stream is not None else b""
+
+
+class H1Stream:
+    """One HTTP/1.1 request on a :class:`ServerProtocol`: the
+    :class:`~gateway.http.stream.ClientStream` its exchange answers through.
+
+    Body events that arrive while an earlier request is still being answered (pipelining) are
+    kept until this request's turn (:meth:`begin`); reading is paused meanwhile.
+    """
+
+    def __init__(self, connection: ServerProtocol, head: RequestHead) -> None:
+        self.connection = connection
+        self.head = head
+        self.version = head.version
+        self.exchange: Exchange | None = None
+        self.producer: Any = None
+        self.ended = False  # the request body is complete
+        self.closing = False  # close the connection after the response
+        self.after_head = b""  # what followed an upgrade request's head
+        self._held: list[bytes] = []
+        self._chunked = False
+        self._head_sent = False
+        self._done = False
+        self._discard = False  # the response is complete; the rest of the body is ignored
+        self._bodiless = False
+
+    def begin(self) -> None:
+        self.exchange = exchange = Exchange(self, self.head)
+        exchange.start()
+        held, self._held = self._held, []
+        for data in held:
+            if self.exchange is not None and not self._discard:
+                self.exchange.body_data(data)
+        if self.ended and self.exchange is not None and not self._discard:
+            self.exchange.body_end()
+
+    def broken(self, status: int, reason: str) -> None:
+        """The request's body was malformed: answer *status* if nothing was sent yet, else
+        abort; close either way."""
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.client_lost()
+        if self._head_sent:
+            self.connection.abort()
+        else:
+            self.connection._refuse(status, reason)
+
+    def body(self, data: bytes) -> None:
+        if self._discard:
+            return
+        if self.exchange is None:
+            self._held.append(data)
+        else:
+            self.exchange.body_data(data)
+
+    def end(self) -> None:
+        self.ended = True
+        connection = self.connection
+        if connection._current is self and connection._expire == connection._body_too_slow:
+            connection.deadline = None
+        if self._discard:
+            self.connection.response_done(self)
+        elif self.exchange is not None:
+            self.exchange.body_end()
+
+    # -- ClientStream ----------------------------------------------------------------------------
+
+    def send_informational(self, status: int, headers: list[Header]) -> None:
+        if not self._head_sent and self.version == b"HTTP/1.1" and not self.connection._gone:
+            self.connection.transport.write(h1.response_head(b"HTTP/1.1", status, headers))
+
+    def send_head(self, status: int, headers: list[Header], length: int | None,
+                  body: bool) -> None:
+        if self._head_sent or self.connection._gone:
+            return
+        self._head_sent = True
+        out = list(headers)
+        if status == 101:
+            pass  # the upstream's upgrade head, relayed as it is
+        elif not body:
+            self._bodiless = True
+            if length is not None and status != 204:
+                out.append((b"Content-Length", b"%d" % length))
+        elif length is not None:
+            out.append((b"Content-Length", b"%d" % length))
+        elif self.version == b"HTTP/1.1":
+            out.append((b"Transfer-Encoding", b"chunked"))
+            self._chunked = True
+        else:
+            self.closing = True  # HTTP/1.0: the end of the body is the end of the connection
+        connection = self.connection
+        if self.closing or (connection._closing and not connection._waiting):
+            self.closing = True
+            out.append((b"Connection", b"close"))
+        elif self.version == b"HTTP/1.0":
+            out.append((b"Connection", b"keep-alive"))
+        connection.transport.write(h1.response_head(b"HTTP/1.1", status, out))
+
+    def send_data(self, data: bytes) -> None:
+        if self._done or self._bodiless or not data or self.connection._gone:
+            return
+        self.connection.transport.write(h1.chunk(data) if self._chunked else data)
+
+    def send_end(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self.producer = None
+        if self._chunked and not self.connection._gone:
+            self.connection.transport.write(h1.LAST_CHUNK)
+        if not self.ended:
+            # An early response: the rest of the body is not read; the connection closes.
+            self.closing = True
+            self._discard = True
+        self.exchange = None
+        self.connection.response_done(self)
+
+    def reset(self) -> None:
+        self._done = True
+        self.exchange = None
+        self.connection.abort()
+
+    def close_after_response(self) -> None:
+        self.closing = True
+        self.connection._closing = True
+
+    def pause_request_body(self) -> None:
+        if self.connection._current is self:
+            self.connection._pause_reading()
+
+    def resume_request_body(self) -> None:
+        if self.connection._current is self and not self.connection._waiting:
+            self.connection._resume_reading()
+
+    def set_response_producer(self, producer: Any) -> None:
+        self.producer = producer
+        if producer is not None and self.connection._write_paused:
+            producer.pauseProducing()
