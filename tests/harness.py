@@ -176,6 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: 100 concurrent HTTP/2 streams, 100 connections
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -238,7 +239,7 @@ class Gateway:
     """A running ``twistd mtlsgw`` process."""
 
     def __init__(self, directory: Path, sections: dict[str, dict[str, str]],
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, reactor: str | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = free_port()
@@ -250,7 +251,7 @@ class Gateway:
         self.config = directory / "gw.ini"
         self.config.write_text(render_ini(sections))
         self.log_path = directory / "gw.log"
-        self.process = run_twistd(self.config, self.log_path, env)
+        self.process = run_twistd(self.config, self.log_path, env, reactor)
         self.url = f"https://localhost:{self.port}"
         try:
             wait_for(self._ready, "the gateway to listen")
@@ -283,17 +284,20 @@ class Gateway:
         self.process.communicate()
 
 
-def twistd_command(config: Path, log_path: Path | None = None) -> list[str]:
+def twistd_command(config: Path, log_path: Path | None = None,
+                   reactor: str | None = None) -> list[str]:
     logfile = [f"--logfile={log_path}"] if log_path else []
+    chosen = [f"--reactor={reactor}"] if reactor else []
     twistd = Path(sys.executable).parent / "twistd"  # the script pip installed with Twisted
-    return [str(twistd), "--nodaemon", "--pidfile=", *logfile, "mtlsgw", "--config", str(config)]
+    return [str(twistd), "--nodaemon", "--pidfile=", *logfile, *chosen, "mtlsgw", "--config",
+            str(config)]
 
 
 def run_twistd(config: Path, log_path: Path | None, env: dict[str, str] | None = None,
-               ) -> subprocess.Popen[str]:
+               reactor: str | None = None) -> subprocess.Popen[str]:
     # Run from the config's folder, never from the source tree: the installed package is tested.
     return subprocess.Popen(
-        twistd_command(config, log_path), cwd=config.parent, text=True,
+        twistd_command(config, log_path, reactor), cwd=config.parent, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
     )
 

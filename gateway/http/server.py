@@ -149,7 +149,6 @@ class ServerProtocol(Protocol):
         self._takeover: Callable[[bytes], None] | None = None  # an upgraded connection's reader
         self._takeover_lost: Callable[[], None] | None = None
         self._on_lost: list[Deferred[None]] = []
-        self.identity_headers: dict[Any, tuple[Header, ...]] = {}  # per HeaderSettings
 
     # -- connection ----------------------------------------------------------------------------
 

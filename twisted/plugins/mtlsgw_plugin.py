@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin
 from twisted.python import usage
@@ -49,6 +50,9 @@ class _ServiceMaker:
 
 
 serviceMaker = _ServiceMaker()
+# twistd --reactor=mtlsgw: epoll with writes sent at the end of each iteration (gateway/reactor.py)
+reactor = Reactor("mtlsgw", "gateway.reactor",
+                  "epoll, sending writes at the end of each loop iteration (mtlsgw)")
 cn = cn_type
 san = san_type
 fingerprint = fingerprint_type
