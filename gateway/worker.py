@@ -1,6 +1,6 @@
 """One worker process of ``[gateway] workers = N`` (see :mod:`gateway.workers`).
 
-    python -m gateway.worker --config FILE --number N --listeners JSON
+    python -m gateway.worker --config FILE --number N --listeners JSON [--reactor NAME]
 
 The supervisor starts it with the listening sockets it bound as descriptors 3, 4, ... and
 ``--listeners`` naming them: ``{"main": {"fd": 3, "listen": "tcp:8443", "tls": true}, ...}``.
@@ -112,8 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--number", type=int, required=True)
     parser.add_argument("--listeners", required=True, help="JSON: name -> {fd, listen, tls}")
+    parser.add_argument("--reactor", help="a twistd --reactor name (the supervisor's)")
     args = parser.parse_args(argv)
     inherited: dict[str, dict[str, Any]] = json.loads(args.listeners)
+    if args.reactor:
+        from twisted.application.reactors import installReactor
+
+        installReactor(args.reactor)
 
     from twisted.internet import reactor
     from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver

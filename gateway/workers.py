@@ -227,6 +227,16 @@ def bind(reactor: Any, listen: str) -> Any:
     return port
 
 
+def reactor_name(reactor: Any) -> str | None:
+    """The ``twistd --reactor`` name of *reactor*'s type (``epoll``, ``mtlsgw``, ...), so that
+    the workers run the one the supervisor was started with; ``None`` if no plugin names it."""
+    from twisted.application.reactors import getReactorTypes
+
+    module = type(reactor).__module__
+    return next((r.shortName for r in getReactorTypes()
+                 if getattr(r, "moduleName", None) == module), None)
+
+
 class _Worker(ProcessProtocol):
     """One running worker process: relays its output, tells the supervisor when it ends."""
 
@@ -282,6 +292,7 @@ class Supervisor(Service):
         self._backoff = {n: Backoff() for n in range(1, settings.workers + 1)}
         self._restarts: dict[int, Any] = {}  # pending restarts (IDelayedCall) by number
         self._stopping = False
+        self._reactor_name = reactor_name(reactor)
 
     def setServiceParent(self, parent: Any) -> None:  # noqa: N802
         """As :meth:`GatewayService.setServiceParent`: offer twistd the log observer, which then
@@ -336,6 +347,8 @@ class Supervisor(Service):
         args = [sys.executable, "-u", "-m", "gateway.worker", "--config",
                 str(self.settings.path), "--number", str(number),
                 "--listeners", json.dumps(listeners)]
+        if self._reactor_name is not None:
+            args += ["--reactor", self._reactor_name]
         # The socket-activation variables describe the supervisor's descriptors, not the worker's.
         env = {k: v for k, v in os.environ.items()
                if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")}

@@ -94,6 +94,8 @@ def two_workers(start_gateway):
 def test_two_workers_serve_the_port(two_workers, pki):
     gateway = two_workers
     pids = workers_of(gateway.process.pid)
+    for pid in pids:  # the supervisor's reactor (twistd's default here)
+        assert b"--reactor\x00epoll\x00" in Path(f"/proc/{pid}/cmdline").read_bytes()
     assert len(pids) == 2
     until_both_served(gateway, pki, "alice", 200)
     log = gateway.log()
@@ -101,6 +103,22 @@ def test_two_workers_serve_the_port(two_workers, pki):
     for pid in pids:
         assert f"serving pid={pid}" in log
     assert len(re.findall(r"worker=\d mtlsgw listening on tcp:", log)) == 2
+
+
+def test_workers_run_the_supervisors_reactor(tmp_path, pki, upstream):
+    from harness import Gateway
+
+    sections = base_sections(pki, upstream.url)
+    sections["gateway"]["workers"] = "2"
+    gateway = Gateway(tmp_path / "gw", sections, reactor="mtlsgw")
+    try:
+        wait_serving(gateway, 2)
+        for pid in workers_of(gateway.process.pid):
+            assert b"--reactor\x00mtlsgw\x00" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        until_both_served(gateway, pki, "alice", 200)
+    finally:
+        gateway.stop()
+    assert gateway.process.returncode == 0
 
 
 def test_a_killed_worker_is_replaced_while_the_other_serves(two_workers, pki):
