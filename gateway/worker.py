@@ -6,9 +6,10 @@ The supervisor starts it with the listening sockets it bound as descriptors 3, 4
 ``--listeners`` naming them: ``{"main": {"fd": 3, "listen": "tcp:8443", "tls": true}, ...}``.
 The worker runs the normal :class:`~gateway.service.GatewayService` from the file, with each
 listener adopting its descriptor (:class:`InheritedEndpoint`) instead of binding. It writes its log
-events to stdout as JSON, one a line, for the supervisor to relay; a configuration error is one
-line on stderr and exit status 1. Its stdin is a pipe from the supervisor: when that reaches end
-of file (the supervisor is gone) the worker stops as on ``SIGTERM``.
+events to stdout, one a line (:class:`PipeLogObserver`), for the supervisor to relay; a
+configuration error is one line on stderr and exit status 1. Its stdin is a pipe from the
+supervisor: when that reaches end of file (the supervisor is gone) the worker stops as on
+``SIGTERM``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,59 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReadDescriptor, IStreamServerEndpoint
 from twisted.internet.main import CONNECTION_DONE
+from twisted.logger import ILogObserver, LogEvent, eventAsJSON
 from zope.interface import implementer
+
+MAX_BUFFERED = 512  # log lines held before they are written anyway
+
+
+@implementer(ILogObserver)
+class PipeLogObserver:
+    """A worker's log, for its supervisor (:func:`gateway.workers.worker_event` reads it): one
+    line per event on *out* (binary). An access line (namespace ``mtlsgw.access``, format
+    ``{access}``) is written as ``A <time> <level> <line>``, cheaply; any other event as Twisted's
+    JSON (``eventAsJSON``). Lines are buffered until the end of the reactor iteration that
+    produced them (one write for many requests), as :mod:`gateway.accesslog` does; once *clock*
+    is set. Until then, and when :data:`MAX_BUFFERED` lines wait, they are written at once."""
+
+    clock: Any = None
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._lines: list[str] = []
+        self._scheduled = False
+
+    def __call__(self, event: LogEvent) -> None:
+        access = event.get("access")
+        level = event.get("log_level")
+        if (event.get("log_namespace") == "mtlsgw.access" and event.get("log_format") == "{access}"
+                and isinstance(access, str) and level is not None):
+            line = f"A {event.get('log_time', 0.0)!r} {level.name} {access.replace(chr(10), ' ')}"
+        else:
+            line = eventAsJSON(event)
+        self._lines.append(line + "\n")
+        if self.clock is None or len(self._lines) >= MAX_BUFFERED:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Write the buffered lines."""
+        self._scheduled = False
+        if self._lines:
+            text, self._lines = "".join(self._lines), []
+            try:
+                self._out.write(text.encode("utf-8", "replace"))
+                self._out.flush()
+            except BrokenPipeError:
+                pass  # the supervisor is gone; the worker is stopping (ParentWatch)
 
 
 @implementer(IListeningPort)
@@ -121,13 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         installReactor(args.reactor)
 
     from twisted.internet import reactor
-    from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
+    from twisted.logger import Logger, globalLogBeginner
 
     from gateway import config
     from gateway.service import build
 
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout, recordSeparator="")],
-                                     redirectStandardIO=False)
+    observer = PipeLogObserver(sys.stdout.buffer)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     log = Logger(namespace="mtlsgw.workers")
     try:
         settings = config.load(args.config)
@@ -153,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
+    reactor.callWhenRunning(setattr, observer, "clock", reactor)
     if pending_reload:
         reactor.callWhenRunning(service.reload)
     log.info("serving pid={pid}", pid=os.getpid())
     reactor.run()
+    observer.flush()  # the reactor's own last lines
     return 0
 
 

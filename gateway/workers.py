@@ -40,6 +40,7 @@ from twisted.internet.error import CannotListenError, ProcessExitedAlready, Reac
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import (
     ILogObserver,
+    InvalidLogLevelError,
     Logger,
     LogLevel,
     eventFromJSON,
@@ -148,13 +149,20 @@ _RELAYED = "worker={mtlsgw_worker} {mtlsgw_text}"
 def worker_event(number: int, line: bytes, stderr: bool, now: float) -> dict[str, Any]:
     """The log event the supervisor publishes for one *line* worker *number* wrote.
 
-    On stdout a worker writes its log events as JSON, one a line (Twisted's
-    ``jsonFileLogObserver``): the event keeps its namespace, level, time and fields, and its text
-    becomes ``worker=N <text>``; an access line (format ``{access}``) stays one, with
-    ``worker=N`` put before its ``access`` field. Anything else (stderr, a stray print) is a line
-    of namespace ``mtlsgw.worker``, at level error for stderr.
+    On stdout a worker writes one line per log event (:class:`gateway.worker.PipeLogObserver`).
+    An access line, ``A <time> <level> <line>``, becomes an access event again (namespace
+    ``mtlsgw.access``, format ``{access}``) with ``worker=N`` put before the line. Any other event
+    is Twisted's JSON: it keeps its namespace, level, time and fields, and its text becomes
+    ``worker=N <text>``. Anything else (stderr, a stray print) is a line of namespace
+    ``mtlsgw.worker``, at level error for stderr.
     """
     text = line.decode("utf-8", "replace").rstrip("\r")
+    if not stderr and text.startswith("A "):
+        with suppress(ValueError, InvalidLogLevelError):  # else: relayed as a plain line
+            _, when, level, access = text.split(" ", 3)
+            return {"log_namespace": "mtlsgw.access", "log_format": "{access}",
+                    "access": f"worker={number} {access}",
+                    "log_level": LogLevel.levelWithName(level), "log_time": float(when)}
     event: Any = None
     if not stderr:
         with suppress(ValueError):

@@ -3,13 +3,16 @@ affinity mask and cgroup v2 ``cpu.max``, the restart back-off, and relaying work
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from pathlib import Path
 
 import pytest
 from twisted.logger import Logger, LogLevel, eventAsJSON, formatEvent, formatEventAsClassicLogText
 
 from gateway.config import ConfigError, load
+from gateway.worker import PipeLogObserver
 from gateway.workers import (
     MAX_WORKERS,
     Backoff,
@@ -88,6 +91,40 @@ def test_a_worker_event_keeps_its_namespace_level_and_time_and_is_tagged():
     # Still an access event (format {access}): a buffering observer recognises it.
     assert relayed["log_format"] == "{access}"
     assert relayed["access"] == 'worker=2 request peer=127.0.0.1 path="/x" status=200'
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+
+    def callLater(self, delay, f):
+        self.calls.append(f)
+
+
+def test_the_pipe_observer_buffers_a_reactor_iteration_and_the_supervisor_reads_it_back():
+    out = io.BytesIO()
+    observer = PipeLogObserver(out)
+    log = Logger(namespace="mtlsgw.access", observer=observer)
+    log.info("{access}", access='request peer=127.0.0.1 path="/a" status=200')  # no clock: now
+    assert out.getvalue().startswith(b"A ")
+    observer.clock = clock = _Clock()
+    log.info("{access}", access='request peer=127.0.0.1 path="/b" status=403')
+    Logger(namespace="mtlsgw", observer=observer).warn("reload refused: {why}", why="x")
+    assert out.getvalue().count(b"\n") == 1 and len(clock.calls) == 1  # one flush scheduled
+    observer.flush()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    relayed = [worker_event(2, line, stderr=False, now=0.0) for line in lines]
+    assert [formatEvent(e) for e in relayed] == [
+        'worker=2 request peer=127.0.0.1 path="/a" status=200',
+        'worker=2 request peer=127.0.0.1 path="/b" status=403',
+        "worker=2 reload refused: x"]
+    assert [e["log_namespace"] for e in relayed] == ["mtlsgw.access", "mtlsgw.access", "mtlsgw"]
+    assert [e["log_level"] for e in relayed] == [LogLevel.info, LogLevel.info, LogLevel.warn]
+    assert relayed[0]["log_format"] == "{access}"  # an access event: buffered by twistd's observer
+    assert abs(relayed[0]["log_time"] - time.time()) < 60
+    assert worker_event(1, b"A nonsense", stderr=False, now=1.0)["log_namespace"] == (
+        "mtlsgw.worker")
 
 
 def test_other_worker_output_is_relayed_as_a_tagged_line():
