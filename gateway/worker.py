@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one worker until ``SIGTERM`` or until the supervisor goes away; the exit status."""
     pending_reload: list[int] = []  # a SIGHUP before the service installs its own handler
     signal.signal(signal.SIGHUP, lambda *_: pending_reload.append(1))
+    # The supervisor writes the log (and rotates it on SIGUSR1); ``systemctl kill -s USR1``
+    # signals every process of the service, and must not end the workers.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     parser = argparse.ArgumentParser(prog="python -m gateway.worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--number", type=int, required=True)

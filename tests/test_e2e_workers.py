@@ -121,6 +121,18 @@ def test_workers_run_the_supervisors_reactor(tmp_path, pki, upstream):
     assert gateway.process.returncode == 0
 
 
+def test_sigusr1_for_log_rotation_leaves_the_workers_running(two_workers, pki):
+    gateway = two_workers
+    pids = workers_of(gateway.process.pid)
+    for pid in pids:  # as `systemctl kill -s USR1` does: every process of the service
+        os.kill(pid, signal.SIGUSR1)
+    gateway.process.send_signal(signal.SIGUSR1)
+    rotated = gateway.log_path.with_name(gateway.log_path.name + ".1")
+    wait_for(rotated.exists, "the supervisor to rotate its log file")
+    until_both_served(gateway, pki, "alice", 200)  # into the new file, from both workers
+    assert workers_of(gateway.process.pid) == pids
+
+
 def test_a_killed_worker_is_replaced_while_the_other_serves(two_workers, pki):
     gateway = two_workers
     before = workers_of(gateway.process.pid)
