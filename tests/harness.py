@@ -287,6 +287,7 @@ class Gateway:
 def twistd_command(config: Path, log_path: Path | None = None,
                    reactor: str | None = None) -> list[str]:
     logfile = [f"--logfile={log_path}"] if log_path else []
+    reactor = reactor or os.environ.get("MTLSGW_TEST_REACTOR")  # e.g. the whole suite on mtlsgw
     chosen = [f"--reactor={reactor}"] if reactor else []
     twistd = Path(sys.executable).parent / "twistd"  # the script pip installed with Twisted
     return [str(twistd), "--nodaemon", "--pidfile=", *logfile, *chosen, "mtlsgw", "--config",

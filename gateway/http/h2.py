@@ -163,7 +163,13 @@ class H2Session:
         self._closed = False
 
         self._decoder = FramingDecoder(header_list_limit(limits))
-        self._conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        # Response header lists come from h2headers.response_headers, already what RFC 9113
+        # §8.2 asks (lower-case token names, no connection-specific fields, clean values,
+        # :status first): h2's own outbound checks would only repeat that, at a third of the
+        # cost of a small response. Inbound checks stay on.
+        self._conn = H2Connection(H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
         self._conn.decoder = self._decoder
 
         def settings(max_streams: int) -> Settings:
