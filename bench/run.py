@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -36,9 +37,14 @@ import procs  # noqa: E402
 from procs import Proc, StartupError  # noqa: E402
 
 GIB = 1 << 30
-TARGETS = ("mtlsgw", "nginx")
-# the order they run in; "multi" is N mtlsgw processes against nginx with N workers (--processes)
-SCENARIOS = ("keepalive", "handshake", "latency", "transfer", "idle", "multi")
+BEFORE = "mtlsgw-before"  # the gateway built from --before REF, in its own virtualenv
+# every target, in the order of the columns and of the A B C rounds
+TARGETS = (BEFORE, "mtlsgw", "nginx")
+GATEWAYS = (BEFORE, "mtlsgw")
+# the order they run in; "h2" restarts the proxies with HTTP/2 enabled, "multi" with N processes
+# (--processes; mtlsgw with `workers = N` under --multi-mode workers), "profile" runs mtlsgw alone
+# under cProfile
+SCENARIOS = ("keepalive", "handshake", "latency", "transfer", "idle", "h2", "multi", "profile")
 Run = dict[str, Any]
 
 
@@ -118,6 +124,137 @@ def fill(template: Path, dest: Path, values: dict[str, str]) -> Path:
     return dest
 
 
+def git(*argv: str) -> str:
+    res = subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"git {' '.join(argv)} failed: {res.stderr.strip()}")
+    return res.stdout.strip()
+
+
+def build_before(ref: str) -> tuple[Path, dict[str, str]]:
+    """The gateway of commit `ref` installed in its own virtualenv,
+    bench/.build/venv-<commit>-<dependencies> (made once, then reused): the tree from
+    `git archive`, `pip install`ed (not editable, no PYTHONPATH) with the same versions of every
+    dependency as this Python has, so that only the gateway's code differs. Returns (its python,
+    a description for the results)."""
+    sha = git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    short = sha[:12]
+    # the same dependency versions as the gateway's own Python (not the gateway itself)
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    pins = sorted(ln for ln in freeze if "==" in ln and not ln.lower().startswith("mtlsgw"))
+    deps = hashlib.sha256("\n".join([sys.version, *pins]).encode()).hexdigest()[:8]
+    build = BENCH / ".build"
+    src, venv = build / f"src-{short}", build / f"venv-{short}-{deps}"
+    python = venv / "bin" / "python"
+    ready = venv / ".bench-ready"
+    info = {"ref": ref, "commit": sha, "subject": git("log", "-1", "--format=%s", sha)[:200]}
+    info["venv"] = str(venv)
+    if ready.exists() and python.exists():
+        log(f"{BEFORE}: {ref} = {short}, reusing {venv}")
+        return python, info
+    build.mkdir(exist_ok=True)
+    t0 = time.monotonic()
+    log(f"{BEFORE}: building {ref} = {short} into {venv} (once; later runs reuse it)")
+    if not src.exists():
+        tmp = build / f"src-{short}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", sha], capture_output=True
+        )
+        if archive.returncode:
+            raise SystemExit(f"git archive {sha} failed: {archive.stderr.decode()[-500:]}")
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+        tmp.rename(src)
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    res = subprocess.run([base, "-m", "venv", "--clear", str(venv)], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(
+            f"making the virtualenv {venv} with {base} failed (Debian: apt-get install -y "
+            f"python3-venv):\n{res.stderr[-1000:]}"
+        )
+    constraints = venv / "bench-constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n")
+    argv = [str(python), "-m", "pip", "install", "--quiet", "-c", str(constraints), str(src)]
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=str(build))
+    if res.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{(res.stdout + res.stderr)[-2000:]}")
+    # it must import its own copy, and HTTP/2 must be there for the h2 scenario
+    probe = "import gateway, twisted.web._http2; print(gateway.__file__)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run(
+        [str(python), "-c", probe], capture_output=True, text=True, cwd=str(build), env=env
+    )
+    if res.returncode or not res.stdout.strip().startswith(str(venv)):
+        raise SystemExit(f"{venv} does not import its own gateway: {res.stdout}{res.stderr}")
+    ready.write_text(sha + "\n")
+    log(f"{BEFORE}: built in {time.monotonic() - t0:.0f} s")
+    return python, info
+
+
+def after_source_check() -> dict[str, str]:
+    """Which files the working tree's gateway runs from. The gateway package comes from the
+    working tree (PYTHONPATH), but Twisted looks up the `mtlsgw` twistd plugin in its own
+    twisted/plugins first: if this Python has an older mtlsgw installed, its plugin file wins.
+    Warn when that file differs from the working tree's."""
+    probe = (
+        "import gateway, twisted.plugins.mtlsgw_plugin as p; print(gateway.__file__); "
+        "print(p.__file__)"
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=str(REPO), env=env
+    )
+    lines = res.stdout.split()
+    if res.returncode or len(lines) < 2:
+        return {"error": (res.stderr or res.stdout)[-500:]}
+    gw, plugin = lines[0], lines[1]
+    ours = REPO / "twisted/plugins/mtlsgw_plugin.py"
+    out = {"gateway": gw, "plugin": plugin}
+    if not gw.startswith(str(REPO)):
+        log(f"WARNING: mtlsgw imports gateway from {gw}, not from the working tree {REPO}")
+        out["warning"] = "gateway package not from the working tree"
+    if Path(plugin).resolve() != ours.resolve() and Path(plugin).read_bytes() != ours.read_bytes():
+        log(
+            f"WARNING: twistd loads the mtlsgw plugin from {plugin}, which differs from {ours}: "
+            f"reinstall the gateway into {sys.prefix} (pip install -e .) or remove that file"
+        )
+        out["warning"] = "twistd plugin file differs from the working tree's"
+    return out
+
+
+def startup_reason(exc: StartupError) -> str:
+    """The line of a start-up failure that says why: the gateway's own one-line config error if
+    its log has one, else the first line."""
+    lines = str(exc).splitlines()
+    for ln in lines:
+        if ln.startswith("mtlsgw: "):
+            return ln[:400]
+    return (lines[0] if lines else str(exc))[:400]
+
+
+def nginx_h2_syntax() -> tuple[str, str]:
+    """How this nginx turns HTTP/2 on: (listen-line suffix, directive). `listen ... ssl http2`
+    up to 1.25.0 (Debian 12 has 1.22), `http2 on;` from 1.25.1 (the old form is deprecated)."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    try:
+        out = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
+    except OSError:
+        return " http2", ""
+    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    version = tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+    if "http_v2_module" not in out:
+        log("warning: this nginx is built without http_v2_module: the h2 scenario will fail")
+    return ("", "http2 on;") if version >= (1, 25, 1) else (" http2", "")
+
+
 # ------------------------------------------------------------------------------------------ bench
 
 
@@ -125,26 +262,30 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.procs: list[Proc] = []
-        self.proxies: dict[str, Proc] = {}  # the single-process proxies
+        self.phases: list[Proc] = []  # every proxy process started, for the logs at the end
         self.active: dict[str, list[Proc]] = {}  # the processes measured now, per target
         self.run_dir = Path(tempfile.mkdtemp(prefix="mtlsgw-bench-"))
         self.fd_limit = 0
         self.retries_left = args.retries
-        settings = {k: v for k, v in vars(args).items() if k != "compare"}
+        self.before_python: Path | None = None
+        settings = {k: v for k, v in vars(args).items() if k not in ("compare", "render")}
         self.results: dict[str, Any] = {
-            "schema": 1,
+            "schema": 2,
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "command": " ".join(["bench/run", *sys.argv[1:]]),
             "settings": settings,
             "targets": list(args.targets),
             "checks": {},
             "scenarios": {},
+            "skipped": {},
         }
 
     # ---- processes -----------------------------------------------------------------------------
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        p = Proc(name, argv, self.run_dir / f"{name}.log", env=env, cwd=str(REPO))
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> Proc:
+        p = Proc(name, argv, self.run_dir / f"{name}.log", env=env, cwd=cwd or str(REPO))
         self.procs.append(p)
         return p
 
@@ -153,8 +294,13 @@ class Bench:
         self.procs.remove(p)
 
     def proxy_pids(self, target: str) -> list[int]:
-        """The measured proxy's processes: every mtlsgw process, nginx's master and workers."""
+        """The measured proxy's processes: every mtlsgw process (a supervisor and its workers),
+        nginx's master and workers."""
         return [pid for p in self.active.get(target, []) for pid in p.pids()]
+
+    def measured_targets(self) -> list[str]:
+        """The targets of the current phase, in --targets order (one may have been skipped)."""
+        return [t for t in self.args.targets if t in self.active]
 
     def check_alive(self) -> None:
         for ps in self.active.values():
@@ -172,6 +318,8 @@ class Bench:
         self.fd_limit = raise_fd_limit(65536)
         if "idle" in a.scenarios and self.fd_limit < a.idle_conns * 2 + 1000:
             log(f"warning: open-files limit {self.fd_limit} may not fit {a.idle_conns} connections")
+        if BEFORE in a.targets:
+            self.before_python, self.results["before"] = build_before(a.before)
         self.loadgen = go_build(find_loadgen(a.loadgen_src), "loadgen")
         self.upstream_bin = go_build(BENCH / "upstream", "upstream")
         self.pki = pki.make_pki(self.run_dir / "pki")
@@ -182,9 +330,10 @@ class Bench:
             self.pki["server_ca"], self.pki["client_crt"], self.pki["client_key"]
         )
         self.blob = self.sparse_file(a.transfer_bytes)
+        self.nginx_h2 = nginx_h2_syntax()
 
-        self.ports = {name: procs.free_port() for name in ("upstream", *TARGETS)}
-        self.values = values = {
+        self.ports = {"upstream": procs.free_port()}
+        self.values = {
             "RUN": str(self.run_dir),
             "PKI": self.pki["dir"],
             "UPSTREAM_PORT": str(self.ports["upstream"]),
@@ -198,23 +347,82 @@ class Bench:
         )
         procs.wait_ready(up, lambda: self.upstream_stats() is not None, 15, "the upstream")
         self.upstream = up
-
-        if "nginx" in a.targets:
-            self.proxies["nginx"] = self.start_nginx(dict(values, PORT=str(self.ports["nginx"])))
         if "mtlsgw" in a.targets:
-            values = dict(values, PORT=str(self.ports["mtlsgw"]), REUSE_PORT="")
-            ini = fill(BENCH / "conf/mtlsgw.ini", self.run_dir / "mtlsgw.ini", values)
-            self.proxies["mtlsgw"] = self.start_mtlsgw(ini)
-        self.active = {t: [p] for t, p in self.proxies.items()}
+            self.results["after_source"] = after_source_check()
+        self.start_phase("single")
 
-    def start_nginx(self, values: dict[str, str], workers: int = 1) -> Proc:
+    def start_phase(self, phase: str) -> None:
+        """Stop the proxies measured so far and start every target for `phase` on new ports:
+        "single" (one mtlsgw process, nginx with one worker), "h2" (the same with HTTP/2 offered
+        in ALPN) or "multi" (N processes / workers). In "multi", a target that fails to start
+        under a mode it may not know yet (mtlsgw with `workers = N`) is skipped with a message;
+        every other failure ends the run."""
+        a = self.args
+        for ps in self.active.values():
+            for p in ps:
+                self.stop_proc(p)
+        self.active = {}
+        self.ports.update({t: procs.free_port() for t in a.targets})
+        for t in a.targets:
+            try:
+                self.active[t] = self.start_target(t, phase)
+            except StartupError as exc:
+                # the single-process phase must work; a gateway that cannot run a later phase
+                # (`workers = N` or `http2 = yes` not supported yet) is left out of that one
+                if phase == "single" or t == "nginx":
+                    raise
+                reason = startup_reason(exc)
+                what = {"h2": "with `http2 = yes`", "multi": "N against N"}[phase]
+                if phase == "multi" and t == "mtlsgw" and a.multi_mode == "workers":
+                    what = f"with `workers = {a.processes}`"
+                log(
+                    f"SKIPPED: {t} {what} did not start: {reason}. The {phase} scenario goes on "
+                    "without it"
+                    + (
+                        " (`--multi-mode reuse_port` measures it as reuse_port processes)."
+                        if "workers" in what
+                        else "."
+                    )
+                )
+                log("its log ends:\n    " + "\n    ".join(str(exc).splitlines()[-8:]))
+                self.results["skipped"][f"{phase}:{t}"] = f"{t} {what} did not start: {reason}"
+                self.results.setdefault("skipped_detail", {})[f"{phase}:{t}"] = str(exc)[-3000:]
+                # stop what it left (a supervisor that forked, the reuse_port processes so far)
+                for p in [p for p in self.procs if p.name.startswith(f"{t}-") and p in self.phases]:
+                    if not any(p in ps for ps in self.active.values()):
+                        self.stop_proc(p)
+
+    def start_target(self, t: str, phase: str) -> list[Proc]:
+        a = self.args
+        n = a.processes if phase == "multi" else 1
+        suffix = {"single": "", "h2": "-h2"}.get(phase, "")
+        if t == "nginx":
+            listen_h2, http2 = self.nginx_h2 if phase == "h2" else ("", "")
+            values = dict(self.values, PORT=str(self.ports[t]), LISTEN_H2=listen_h2, HTTP2=http2)
+            return [self.start_nginx(values, workers=n, suffix=suffix)]
+        gateway_extra, tls_extra = "", "http2 = yes" if phase == "h2" else ""
+        count, stem = 1, f"{t}{suffix}"
+        workers = phase == "multi" and t == "mtlsgw" and a.multi_mode == "workers"
+        if workers:
+            gateway_extra, stem = f"workers = {n}", f"{t}-{n}w"
+        elif phase == "multi":
+            gateway_extra, count, stem = "reuse_port = yes", n, f"{t}-{n}p"
+        values = dict(
+            self.values, PORT=str(self.ports[t]), GATEWAY_EXTRA=gateway_extra, TLS_EXTRA=tls_extra
+        )
+        ini = fill(BENCH / "conf/mtlsgw.ini", self.run_dir / f"{stem}.ini", values)
+        if count == 1:
+            return [self.start_mtlsgw(ini, t, stem, workers=n if workers else 0)]
+        return [self.start_mtlsgw(ini, t, f"{stem}-{i}", listeners=i) for i in range(1, n + 1)]
+
+    def start_nginx(self, values: dict[str, str], workers: int = 1, suffix: str = "") -> Proc:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(nginx):
             raise SystemExit(
                 "nginx is missing: apt-get install -y nginx (bench/run does it as root)"
             )
-        name = "nginx" if workers == 1 else f"nginx-{workers}w"
-        stem = "nginx-edge" if workers == 1 else f"nginx-edge-{workers}w"
+        name = ("nginx" if workers == 1 else f"nginx-{workers}w") + suffix
+        stem = ("nginx-edge" if workers == 1 else f"nginx-edge-{workers}w") + suffix
         values = dict(values, WORKERS=str(workers), NAME=stem)
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.run_dir / f"{stem}-tmp" / sub).mkdir(parents=True, exist_ok=True)
@@ -222,6 +430,7 @@ class Bench:
         errlog = self.run_dir / f"{stem}.error.log"
         argv = [nginx, "-p", str(self.run_dir), "-c", str(conf), "-e", str(errlog)]
         p = self.start(name, argv)
+        self.phases.append(p)
 
         def ready() -> bool:  # answers, and the master has forked all its workers
             return self._ready("nginx") and len(p.pids()) >= workers + 1
@@ -230,29 +439,63 @@ class Bench:
         log(f"{name} is up on 127.0.0.1:{self.ports['nginx']} ({took:.1f} s)")
         return p
 
-    def start_mtlsgw(self, ini: Path, name: str = "mtlsgw", listeners: int = 1) -> Proc:
-        """Start one mtlsgw process; ready once it answers and `listeners` sockets listen on the
-        port (with reuse_port each process has its own, so the i-th process makes i)."""
+    def gateway_argv(self, target: str, ini: Path, extra: list[str] | None = None) -> list[str]:
+        """twistd mtlsgw: the working tree with this Python, or the --before build."""
         a = self.args
-        if a.gateway_cmd:
-            argv = [part.replace("{config}", str(ini)) for part in a.gateway_cmd.split()]
-        else:
-            # what the twistd script does, with this Python (no need to find the script)
-            twistd = "import sys; from twisted.scripts.twistd import run; "
-            twistd += "sys.argv[0] = 'twistd'; run()"
-            argv = [sys.executable, "-c", twistd, "--nodaemon", "--pidfile="]
-            argv += ["mtlsgw", "--config", str(ini)]
-        path = [str(REPO), os.environ.get("PYTHONPATH", "")]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
+        if target == "mtlsgw" and a.gateway_cmd and not extra:
+            return [part.replace("{config}", str(ini)) for part in a.gateway_cmd.split()]
+        python = str(self.before_python) if target == BEFORE else sys.executable
+        # what the twistd script does, with that Python (no need to find the script)
+        twistd = "import sys; from twisted.scripts.twistd import run; "
+        twistd += "sys.argv[0] = 'twistd'; run()"
+        reactor = [f"--reactor={a.reactor}"] if a.reactor and target != BEFORE else []
+        argv = [python, "-c", twistd, "--nodaemon", "--pidfile=", *reactor, *(extra or [])]
+        return [*argv, "mtlsgw", "--config", str(ini)]
+
+    def gateway_env(self, target: str) -> tuple[dict[str, str], str]:
+        """(environment, working directory): the working tree on PYTHONPATH for mtlsgw; for the
+        --before build nothing of the working tree (no PYTHONPATH, and a working directory
+        outside the repository, as `python -c` puts it first on sys.path)."""
+        env = dict(os.environ)
         env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-        p = self.start(name, argv, env=env)
-        port = self.ports["mtlsgw"]
+        if target == BEFORE:
+            env.pop("PYTHONPATH", None)
+            env.pop("VIRTUAL_ENV", None)
+            return env, str(self.run_dir)
+        path = [str(REPO), os.environ.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+        return env, str(REPO)
+
+    def start_mtlsgw(
+        self,
+        ini: Path,
+        target: str = "mtlsgw",
+        name: str = "mtlsgw",
+        listeners: int = 1,
+        workers: int = 0,
+        extra: list[str] | None = None,
+    ) -> Proc:
+        """Start one mtlsgw process; ready once it answers and `listeners` sockets listen on the
+        port (with reuse_port each process has its own, so the i-th process makes i); with
+        `workers = N`, once it answers and has N child processes."""
+        a = self.args
+        argv = self.gateway_argv(target, ini, extra)
+        env, cwd = self.gateway_env(target)
+        p = self.start(name, argv, env=env, cwd=cwd)
+        self.phases.append(p)
+        port = self.ports[target]
 
         def ready() -> bool:
-            return procs.listening_sockets(port) >= listeners and self._ready("mtlsgw")
+            if workers and len(p.pids()) < workers + 1:
+                return False
+            return procs.listening_sockets(port) >= listeners and self._ready(target)
 
         took = procs.wait_ready(p, ready, a.gateway_timeout, name)
-        log(f"{name} is up on 127.0.0.1:{port} ({took:.1f} s): {' '.join(argv)}")
+        if workers:  # a worker may still be importing; give every one time to take connections
+            time.sleep(1)
+            procs.wait_ready(p, lambda: self._ready(target), a.gateway_timeout, name)
+        how = f", {len(p.pids()) - 1} child processes" if workers else ""
+        log(f"{name} is up on 127.0.0.1:{port} ({took:.1f} s{how}): {' '.join(argv)}")
         return p
 
     def _ready(self, target: str) -> bool:
@@ -332,12 +575,22 @@ class Bench:
 
     # ---- drivers -------------------------------------------------------------------------------
 
-    def loadgen_run(self, target: str, conc: int, seconds: float, keepalive: bool = True) -> Run:
+    def loadgen_run(
+        self, target: str, conc: int, seconds: float, keepalive: bool = True, h2: bool = False
+    ) -> Run:
         p = self.pki
         argv = [str(self.loadgen), "-url", self.url(target, "/small"), "-cert", p["client_crt"]]
         argv += ["-key", p["client_key"], "-cacert", p["server_ca"], "-c", str(conc)]
         argv += ["-d", f"{seconds}s", f"-keepalive={'true' if keepalive else 'false'}"]
-        return self.measured(target, lambda: json_cmd(argv, seconds + 60))
+        if h2:
+            argv.append("-h2")
+        out = self.measured(target, lambda: json_cmd(argv, seconds + 60))
+        protos = out.get("protocols") or {}
+        want = "HTTP/2.0" if h2 else "HTTP/1.1"
+        if not out.get("error") and set(protos) - {want}:
+            # e.g. a proxy that did not negotiate h2: not the measurement asked for
+            out["error"] = f"protocols {protos}, expected {want} only"
+        return out
 
     def rate_run(self, target: str) -> Run:
         a = self.args
@@ -425,7 +678,7 @@ class Bench:
         while clean < (rounds or a.rounds):
             r += 1
             batch = []
-            for t in targets or a.targets:
+            for t in targets or self.measured_targets():
                 out = fn(t)
                 out.update(round=r, target=t)
                 batch.append(out)
@@ -452,9 +705,9 @@ class Bench:
             if load <= self.args.noisy_threshold or time.monotonic() >= deadline:
                 return load
 
-    def warmup(self) -> None:
-        for t in self.args.targets:
-            out = self.loadgen_run(t, self.args.concurrency, self.args.warmup)
+    def warmup(self, h2: bool = False) -> None:
+        for t in self.measured_targets():
+            out = self.loadgen_run(t, self.args.concurrency, self.args.warmup, h2=h2)
             log(f"warm-up {t}: {summarize(out)}")
 
     def sc_keepalive(self) -> None:
@@ -470,7 +723,7 @@ class Bench:
         self.alternate("handshake", lambda t: self.loadgen_run(t, conc, a.duration, False))
 
     def sc_latency(self) -> None:
-        self.alternate("latency", self.rate_run, targets=["direct", *self.args.targets])
+        self.alternate("latency", self.rate_run, targets=["direct", *self.measured_targets()])
 
     def transfer(self, t: str, direction: str) -> Run:
         a = self.args
@@ -557,32 +810,73 @@ class Bench:
     def sc_idle(self) -> None:
         self.alternate("idle", self.idle, rounds=self.args.idle_rounds)
 
-    def sc_multi(self) -> None:
-        """N against N: N mtlsgw processes with reuse_port = yes on one port (otherwise the same
-        configuration) against nginx with worker_processes N; keep-alive and new-connection runs."""
+    def sc_h2(self) -> None:
+        """HTTP/2 keep-alive small GET: the proxies restarted with h2 offered in ALPN (mtlsgw
+        `[tls] http2 = yes`, nginx `listen ... ssl http2` / `http2 on`), loadgen -h2: one h2
+        connection per worker, one request at a time on it, the client certificate presented."""
         a = self.args
-        n = a.processes
         self.check_alive()
-        for p in self.proxies.values():  # done with the single-process proxies
-            self.stop_proc(p)
-        self.active = {}
-        self.ports.update({t: procs.free_port() for t in a.targets})
-        if "nginx" in a.targets:
-            values = dict(self.values, PORT=str(self.ports["nginx"]))
-            self.active["nginx"] = [self.start_nginx(values, workers=n)]
-        if "mtlsgw" in a.targets:
-            values = dict(
-                self.values, PORT=str(self.ports["mtlsgw"]), REUSE_PORT="reuse_port = yes"
-            )
-            ini = fill(BENCH / "conf/mtlsgw.ini", self.run_dir / f"mtlsgw-{n}p.ini", values)
-            self.active["mtlsgw"] = [
-                self.start_mtlsgw(ini, f"mtlsgw-{n}p-{i}", listeners=i) for i in range(1, n + 1)
-            ]
+        self.start_phase("h2")
+        self.warmup(h2=True)
+        self.alternate("h2", lambda t: self.loadgen_run(t, a.concurrency, a.duration, h2=True))
+        self.check_alive()
+
+    def sc_multi(self) -> None:
+        """N against N: nginx with worker_processes N; mtlsgw with `workers = N` (one twistd: a
+        supervisor and N workers; --multi-mode workers) or N processes with reuse_port = yes on
+        one port (--multi-mode reuse_port); the --before build always as N reuse_port processes
+        (it has no workers key). Keep-alive and new-connection runs; RSS and CPU are summed over
+        all the processes of a target (supervisor and workers, nginx's master and workers)."""
+        a = self.args
+        self.check_alive()
+        self.start_phase("multi")
+        if not self.active:
+            log("no target started for the N-against-N runs; skipped")
+            return
         self.warmup()
         conc, hconc = a.concurrency, a.handshake_concurrency
         self.alternate("multi_keepalive", lambda t: self.loadgen_run(t, conc, a.duration))
         self.alternate("multi_handshake", lambda t: self.loadgen_run(t, hconc, a.duration, False))
         self.check_alive()
+
+    def sc_profile(self) -> None:
+        """The working tree's mtlsgw alone, one process under cProfile (twistd --profile), for
+        one keep-alive and one new-connection-per-request run: where its time goes. Not a
+        measurement (the profiler slows it down), so it runs last and on its own."""
+        a = self.args
+        if "mtlsgw" not in a.targets:
+            return
+        self.check_alive()
+        for ps in self.active.values():
+            for p in ps:
+                self.stop_proc(p)
+        self.active = {}
+        profiles: dict[str, Any] = {}
+        runs = (
+            ("keepalive", "keep-alive small GET", a.concurrency, True),
+            ("handshake", "new connection per request", a.handshake_concurrency, False),
+        )
+        for key, what, conc, keep in runs:
+            self.ports["mtlsgw"] = procs.free_port()
+            values = dict(
+                self.values, PORT=str(self.ports["mtlsgw"]), GATEWAY_EXTRA="", TLS_EXTRA=""
+            )
+            ini = fill(BENCH / "conf/mtlsgw.ini", self.run_dir / f"mtlsgw-prof-{key}.ini", values)
+            stats = self.run_dir / f"profile-{key}.pstats"
+            extra = [f"--profile={stats}", "--profiler=cprofile", "--savestats"]
+            p = self.start_mtlsgw(ini, "mtlsgw", f"mtlsgw-prof-{key}", extra=extra)
+            self.active = {"mtlsgw": [p]}
+            self.loadgen_run("mtlsgw", conc, min(a.warmup, 1.0), keep)  # imports, caches
+            out = self.loadgen_run("mtlsgw", conc, a.duration, keep)
+            log(f"profile {key}: {summarize(out)} (under the profiler)")
+            self.stop_proc(p)  # twistd writes the stats as it exits
+            self.active = {}
+            prof = profile_summary(stats, a.profile_top)
+            prof.update(what=what, run={k: out.get(k) for k in ("rps", "proxy_cpu_pct", "errors")})
+            profiles[key] = prof
+            for area, pct in prof.get("areas", [])[:6]:
+                log(f"profile {key}: {pct:5.1f}% {area}")
+        self.results["profile"] = profiles
 
     # ---- the run -------------------------------------------------------------------------------
 
@@ -615,16 +909,17 @@ class Bench:
                     getattr(self, f"sc_{s}")()
             self.check_alive()
         finally:
-            for t, p in self.proxies.items():
-                self.results.setdefault("logs", {})[t] = p.log_tail(15)
-                self.results.setdefault("log_lines", {})[t] = count_lines(p.log)
+            self.stop_all()  # first: logs are complete once the processes have exited
+            # every proxy process of every phase, by its name (the single-process phase's
+            # processes are named after their target)
+            for p in self.phases:
+                self.results.setdefault("logs", {})[p.name] = p.log_tail(15)
+                self.results.setdefault("log_lines", {})[p.name] = count_lines(p.log)
             if "multi" in self.args.scenarios:
-                multi = self.results.setdefault("multi", {"processes": self.args.processes})
-                for p in (p for ps in self.active.values() for p in ps):
-                    if p not in self.proxies.values():
-                        multi.setdefault("logs", {})[p.name] = p.log_tail(15)
-                        multi.setdefault("log_lines", {})[p.name] = count_lines(p.log)
-            self.stop_all()
+                self.results["multi"] = {
+                    "processes": self.args.processes,
+                    "mode": self.args.multi_mode,
+                }
             if self.args.keep:
                 log(f"kept {self.run_dir}")
             else:
@@ -743,6 +1038,9 @@ def machine_info(b: Bench) -> dict[str, Any]:
         "mtlsgw_commit": (commit if commit and "fatal" not in commit else "none yet")
         + (", with uncommitted changes" if dirty and "fatal" not in dirty else ""),
         "open_files_limit": b.fd_limit,
+        "gateway_stack_before": (
+            _cmd([str(b.before_python), "-c", GATEWAY_VERSIONS]) if b.before_python else ""
+        ),
     }
 
 
@@ -803,13 +1101,31 @@ SCALED = (
 )
 
 
+def present(res: dict[str, Any]) -> list[str]:
+    """The targets of a result, in column order (older results have no mtlsgw-before)."""
+    return [t for t in TARGETS if t in res.get("targets", ("mtlsgw", "nginx"))]
+
+
 def multi_label(res: dict[str, Any]) -> str:
     n = res["settings"].get("processes") or 0
-    return f"{n} processes / {n} workers"
+    return f"{n} against {n}"
+
+
+def multi_how(res: dict[str, Any]) -> dict[str, str]:
+    """What each target ran as in the N-against-N runs."""
+    s = res["settings"]
+    n = s.get("processes") or 0
+    workers = s.get("multi_mode", "reuse_port") == "workers"
+    return {
+        BEFORE: f"{n} reuse_port processes",
+        "mtlsgw": f"workers = {n} (a supervisor + {n})" if workers else f"{n} reuse_port processes",
+        "nginx": f"worker_processes {n}",
+    }
 
 
 def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table: per metric the median over rounds for each target, and mtlsgw / nginx."""
+    """The table: per metric the median over rounds for each target, mtlsgw / nginx ("ratio")
+    and mtlsgw / mtlsgw-before ("ratio_before")."""
     sc = res["scenarios"]
     s = res["settings"]
     rows: list[dict[str, Any]] = []
@@ -820,13 +1136,15 @@ def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     def add(label: str, scen: str, key: str, unit: str, digits: int = 0, **kw: Any) -> None:
         if scen in sc:
             vals = {t: med(scen, t, key, **kw) for t in TARGETS}
-            rows.append({"metric": label, "unit": unit, "digits": digits, **vals})
+            rows.append(
+                {"id": f"{scen}.{key}", "metric": label, "unit": unit, "digits": digits, **vals}
+            )
 
-    add(f"keep-alive small GET, {s['concurrency']} connections", "keepalive", "rps", "req/s")
+    c, hc = s["concurrency"], s["handshake_concurrency"]
+    add(f"keep-alive small GET, {c} connections", "keepalive", "rps", "req/s")
     add("keep-alive small GET: p50 latency", "keepalive", "p50_ms", "ms", 2)
     add("keep-alive small GET: p99 latency", "keepalive", "p99_ms", "ms", 2)
     add("keep-alive small GET per core of proxy CPU", "keepalive", "rps_per_core", "req/s")
-    hc = s["handshake_concurrency"]
     add(f"new mTLS connection per request, {hc} at once", "handshake", "rps", "req/s")
     add(
         "new mTLS connection per request per core of proxy CPU",
@@ -854,7 +1172,9 @@ def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
                 ]
                 vals[t] = median(diffs)
             label = f"added latency at {rate:.0f} req/s: {q} (proxied − direct, per round)"
-            rows.append({"metric": label, "unit": "ms", "digits": 2, **vals})
+            rows.append(
+                {"id": f"latency.added_{q}", "metric": label, "unit": "ms", "digits": 2, **vals}
+            )
     size = transfer_size(s["transfer_bytes"])
     add(f"{size} upload", "upload", "mb_per_s", "MB/s", complete=True)
     add(f"{size} upload: peak RSS", "upload", "peak_rss_mib", "MiB", 1)
@@ -863,31 +1183,142 @@ def summary_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     n = s["idle_conns"]
     add(f"{n:,} idle mTLS connections: RSS", "idle", "rss_mib", "MiB", 1)
     add(f"{n:,} idle mTLS connections: per connection", "idle", "kib_per_conn", "KiB", 1)
+    add(f"HTTP/2 keep-alive small GET, {c} connections", "h2", "rps", "req/s")
+    add("HTTP/2 keep-alive small GET: p50 latency", "h2", "p50_ms", "ms", 2)
+    add("HTTP/2 keep-alive small GET: p99 latency", "h2", "p99_ms", "ms", 2)
+    add("HTTP/2 keep-alive small GET per core of proxy CPU", "h2", "rps_per_core", "req/s")
     single = len(rows)
     for scen, key, label, unit, digits in SCALED:
         if key != "proxy_cpu_pct":
-            text = label.format(c=s["concurrency"], hc=s["handshake_concurrency"])
+            text = label.format(c=c, hc=hc)
             add(f"{multi_label(res)}: {text}", f"multi_{scen}", key, unit, digits)
+    add(
+        f"{multi_label(res)}: keep-alive small GET: RSS",
+        "multi_keepalive",
+        "proxy_rss_mib",
+        "MiB",
+        1,
+    )
     for r in rows[single:]:
         r["processes"] = s["processes"]
     for r in rows:
         r["ratio"] = ratio(r.get("mtlsgw"), r.get("nginx"))
+        r["ratio_before"] = ratio(r.get("mtlsgw"), r.get(BEFORE))
     return rows
+
+
+# The issue's targets: (goal, row ids, how: "ratio" = mtlsgw / nginx, "value" = mtlsgw's own,
+# "max" = the largest of the rows' values; the bound; ">=" or "<="; the stretch bound or None)
+GOALS = (
+    ("keep-alive small GET, 1 process vs 1 worker", ("keepalive.rps",), "ratio", 0.6, ">=", 0.8),
+    ("full mTLS handshake per request", ("handshake.rps",), "ratio", 0.85, ">=", None),
+    ("added p99 latency at the fixed rate (ms)", ("latency.added_p99",), "value", 1.0, "<=", None),
+    ("upload, MB/s", ("upload.mb_per_s",), "ratio", 1.0, ">=", None),
+    ("download, MB/s", ("download.mb_per_s",), "ratio", 1.0, ">=", None),
+    (
+        "peak RSS while transferring (MiB)",
+        ("upload.peak_rss_mib", "download.peak_rss_mib"),
+        "max",
+        64.0,
+        "<=",
+        None,
+    ),
+    ("idle mTLS connections: RSS", ("idle.rss_mib",), "ratio", 1.5, "<=", None),
+    ("HTTP/2 keep-alive small GET", ("h2.rps",), "ratio", 0.5, ">=", None),
+    ("N against N: keep-alive small GET", ("multi_keepalive.rps",), "ratio", None, ">=", None),
+    (
+        "N against N: keep-alive small GET per core of proxy CPU",
+        ("multi_keepalive.rps_per_core",),
+        "ratio",
+        None,
+        ">=",
+        None,
+    ),
+    (
+        "N against N: new connection per request per core of proxy CPU",
+        ("multi_handshake.rps_per_core",),
+        "ratio",
+        None,
+        ">=",
+        None,
+    ),
+)
+
+
+def goal_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each of the issue's targets with the before and after values and whether it is met."""
+    rows = {r["id"]: r for r in summary_rows(res)}
+    out = []
+    n = res["settings"].get("processes") or 0
+    for goal, ids, how, bound, op, stretch in GOALS:
+        got = [rows[i] for i in ids if i in rows]
+        if not got:
+            continue
+        vals: dict[str, float | None] = {}
+        for t in GATEWAYS:
+            if how == "ratio":
+                vals[t] = ratio(got[0].get(t), got[0].get("nginx"))
+            elif how == "value":
+                vals[t] = got[0].get(t)
+            else:
+                present_: list[float] = [r[t] for r in got if r.get(t) is not None]
+                vals[t] = max(present_) if present_ else None
+
+        def met(v: float | None, b: float | None, op: str = op) -> bool | None:
+            if v is None or b is None:
+                return None
+            return v >= b if op == ">=" else v <= b
+
+        after = vals["mtlsgw"]
+        verdict = met(after, bound)
+        text = {True: "yes", False: "no", None: "—"}[verdict]
+        if verdict and stretch is not None and met(after, stretch):
+            text = "yes, and the stretch goal"
+        if bound is None:
+            want = "reported"
+        else:
+            want = f"{op.replace('>=', '≥').replace('<=', '≤')} {bound:g}"
+            want += f" (stretch {stretch:g})" if stretch else ""
+            want += " × nginx" if how == "ratio" and "MiB" not in goal else ""
+        label = goal.replace("N against N", f"{n} against {n}")
+        if goal.startswith("idle"):
+            label = f"{res['settings']['idle_conns']:,} {goal}"
+        if goal.startswith(("upload", "download")):
+            label = f"{transfer_size(res['settings']['transfer_bytes'])} {goal}"
+        out.append({"goal": label, "how": how, "want": want, "met": text, **vals})
+    return out
+
+
+def goals_markdown(res: dict[str, Any]) -> str:
+    before = BEFORE in present(res)
+    head = "| target (ratios: mtlsgw / nginx in this run) | wanted |"
+    head += " before |" if before else ""
+    head += " after | met |"
+    lines = [head, "|---|--:|" + ("--:|" if before else "") + "--:|:--|"]
+    for g in goal_rows(res):
+        d = 1 if "MiB" in g["goal"] else 2
+        cells = [g["goal"], g["want"]]
+        if before:
+            cells.append(fmt_num(g[BEFORE], d))
+        cells += [fmt_num(g["mtlsgw"], d), g["met"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def transfer_size(n: int) -> str:
     return f"{n / GIB:g} GiB" if n >= GIB else f"{n / (1 << 20):g} MiB"
 
 
-def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """What tells whether a number can be trusted: CPU use, errors, upstream connection reuse."""
+def health_rows(res: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """What tells whether a number can be trusted: CPU use, errors, upstream connection reuse.
+    One cell per target of present(res)."""
     sc = res["scenarios"]
-    out: list[tuple[str, str, str]] = []
+    targets = present(res)
+    out: list[tuple[str, list[str]]] = []
 
     def row(label: str, scen: str, f: Callable[[list[Run]], str]) -> None:
         if scen in sc:
-            cells = [f(rr) if (rr := runs_of(res, scen, t)) else "—" for t in TARGETS]
-            out.append((label, cells[0], cells[1]))
+            out.append((label, [f(rr) if (rr := runs_of(res, scen, t)) else "—" for t in targets]))
 
     def cpu(rr: list[Run]) -> str:
         m = median([r.get("proxy_cpu_pct") for r in rr if not r.get("noisy")])
@@ -918,9 +1349,16 @@ def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
             for r in rr
             if r.get("proxy_cpu_pct_each") and not r.get("noisy")
         ]
-        n = res["settings"].get("processes") or 0
+        n = max((len(e) for e in each), default=0)
         parts = [median([e[i] for e in each if len(e) > i]) for i in range(n)]
         return " + ".join(f"{v:.0f}%" for v in parts if v is not None) or "—"
+
+    def protocols(rr: list[Run]) -> str:
+        seen: dict[str, int] = {}
+        for r in rr:
+            for k, v in (r.get("protocols") or {}).items():
+                seen[k] = seen.get(k, 0) + v
+        return ", ".join(f"{k} {v:,}" for k, v in sorted(seen.items())) or "—"
 
     m = multi_label(res)
     names = {
@@ -929,10 +1367,11 @@ def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         "latency": "fixed-rate latency",
         "upload": "upload",
         "download": "download",
+        "h2": "HTTP/2 keep-alive GET",
         "multi_keepalive": f"{m}: keep-alive GET",
         "multi_handshake": f"{m}: new connection per request",
     }
-    conn_scens = ("keepalive", "handshake", "latency", "multi_keepalive", "multi_handshake")
+    conn_scens = ("keepalive", "handshake", "latency", "h2", "multi_keepalive", "multi_handshake")
 
     def other(rr: list[Run]) -> str:
         kept = [r for r in rr if not r.get("noisy")]
@@ -947,93 +1386,233 @@ def health_rows(res: dict[str, Any]) -> list[tuple[str, str, str]]:
     for scen, label in names.items():
         row(f"{label}: CPU used outside the benchmark", scen, other)
     for scen in ("multi_keepalive", "multi_handshake"):
-        label = f"{names[scen]}: proxy CPU per process, busiest first (nginx: workers)"
+        label = (
+            f"{names[scen]}: proxy CPU per process, busiest first (supervisor, nginx master ≈ 0)"
+        )
         row(label, scen, split)
     for scen in conn_scens:
         row(f"{names[scen]}: upstream connections opened per 1,000 requests", scen, reuse)
     for scen in conn_scens:
         row(f"{names[scen]}: errors, all rounds", scen, errors)
+    row("HTTP/2 keep-alive GET: responses by protocol", "h2", protocols)
     row("idle connections still open / closed by the proxy when checked", "idle", idle)
     row("upload: complete transfers / runs", "upload", complete)
     row("download: complete transfers / runs", "download", complete)
     return out
 
 
-def table_markdown(res: dict[str, Any]) -> str:
-    """The one-against-one rows (the N-against-N ones have their own table)."""
-    lines = [
-        "| metric | mtlsgw (1 process) | nginx (1 worker) | mtlsgw / nginx |",
-        "|---|--:|--:|--:|",
-    ]
+TITLES = {BEFORE: "before", "mtlsgw": "after", "nginx": "nginx"}
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width].rsplit(" ", 1)[0] + " …"
+
+
+def r2(x: float | None) -> str:
+    return f"{x:.2f}" if x is not None else "—"
+
+
+def table_markdown(res: dict[str, Any], multi: bool = False) -> str:
+    """The one-against-one rows (multi: the N-against-N ones) with the ratios."""
+    targets = present(res)
+    before = BEFORE in targets
+    if multi:
+        how = multi_how(res)
+        titles = [f"{TITLES[t]}: {how[t]}" for t in targets]
+    else:
+        titles = [TITLES[t] + (" (1 worker)" if t == "nginx" else " (1 process)") for t in targets]
+    head = "| metric | " + " | ".join(titles) + " | after / nginx |"
+    head += " after / before |" if before else ""
+    lines = [head, "|---|" + "--:|" * (len(targets) + 1 + before)]
     for r in summary_rows(res):
-        if r.get("processes"):
+        if bool(r.get("processes")) != multi:
             continue
         d = r["digits"]
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "—"
-        a, b = fmt_num(r["mtlsgw"], d), fmt_num(r["nginx"], d)
-        lines.append(f"| {r['metric']} ({r['unit']}) | {a} | {b} | {ratio} |")
+        cells = [fmt_num(r.get(t), d) for t in targets] + [r2(r["ratio"])]
+        if before:
+            cells.append(r2(r["ratio_before"]))
+        lines.append(f"| {r['metric']} ({r['unit']}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def multi_markdown(res: dict[str, Any]) -> str:
-    """One against one beside N against N, and what N processes / workers gave over one."""
+    """N against N, and what N processes / workers gave over one (from the same run)."""
+    if not any(k.startswith("multi_") for k in res["scenarios"]):
+        return "(not measured in this run)"
+    n = res["settings"].get("processes") or 0
+    lines = [table_markdown(res, multi=True), ""]
+    lines.append(f"What {n} processes / workers gave over one, in the same run:")
+    lines.append("")
+    targets = present(res)
+    lines.append("| metric | " + " | ".join(f"{TITLES[t]} ×{n} / ×1" for t in targets) + " |")
+    lines.append("|---|" + "--:|" * len(targets))
     s = res["settings"]
-    n = s.get("processes") or 0
-    lines = [
-        f"| metric | mtlsgw ×1 | nginx ×1 | mtlsgw / nginx ×1 | mtlsgw ×{n} | nginx ×{n} "
-        f"| mtlsgw / nginx ×{n} | mtlsgw ×{n} / ×1 | nginx ×{n} / ×1 |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-
-    def r2(x: float | None) -> str:
-        return f"{x:.2f}" if x is not None else "—"
-
-    for scen, key, label, unit, d in SCALED:
-        one = {t: scen_median(res, scen, t, key) for t in TARGETS}
-        many = {t: scen_median(res, f"multi_{scen}", t, key) for t in TARGETS}
-        text = label.format(c=s["concurrency"], hc=s["handshake_concurrency"])
+    for scen, key, label, unit, _d in SCALED:
         cells = [
-            fmt_num(one["mtlsgw"], d),
-            fmt_num(one["nginx"], d),
-            r2(ratio(one["mtlsgw"], one["nginx"])),
-            fmt_num(many["mtlsgw"], d),
-            fmt_num(many["nginx"], d),
-            r2(ratio(many["mtlsgw"], many["nginx"])),
-            r2(ratio(many["mtlsgw"], one["mtlsgw"])),
-            r2(ratio(many["nginx"], one["nginx"])),
+            r2(ratio(scen_median(res, f"multi_{scen}", t, key), scen_median(res, scen, t, key)))
+            for t in targets
         ]
-        if unit == "%":
-            for i, v in (
-                (0, one["mtlsgw"]),
-                (1, one["nginx"]),
-                (3, many["mtlsgw"]),
-                (4, many["nginx"]),
-            ):
-                cells[i] = f"{v:.0f}%" if v is not None else "—"
-            lines.append(f"| {text} (100% = one core) | " + " | ".join(cells) + " |")
-        else:
-            lines.append(f"| {text} ({unit}) | " + " | ".join(cells) + " |")
+        text = label.format(c=s["concurrency"], hc=s["handshake_concurrency"])
+        lines.append(f"| {text}{' (CPU)' if unit == '%' else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def health_markdown(res: dict[str, Any]) -> str:
-    lines = ["| check | mtlsgw | nginx |", "|---|--:|--:|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in health_rows(res)]
+    targets = present(res)
+    lines = ["| check | " + " | ".join(TITLES[t] for t in targets) + " |"]
+    lines.append("|---|" + "--:|" * len(targets))
+    lines += [f"| {a} | " + " | ".join(cells) + " |" for a, cells in health_rows(res)]
     return "\n".join(lines)
 
 
 def table_text(res: dict[str, Any]) -> str:
     rows = summary_rows(res)
+    targets = present(res)
+    before = BEFORE in targets
     w = max([len(f"{r['metric']} ({r['unit']})") for r in rows] + [10])
-    out = [f"{'metric'.ljust(w)}  {'mtlsgw':>10}  {'nginx':>10}  {'mtlsgw/nginx':>12}"]
+    cols = [{BEFORE: "before", "mtlsgw": "after", "nginx": "nginx"}[t] for t in targets]
+    cols += ["after/nginx"] + (["after/before"] if before else [])
+    out = ["metric".ljust(w) + "".join(f"  {c:>12}" for c in cols)]
     for r in rows:
         d = r["digits"]
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "—"
-        label = f"{r['metric']} ({r['unit']})".ljust(w)
+        cells = [fmt_num(r.get(t), d) for t in targets] + [r2(r["ratio"])]
+        if before:
+            cells.append(r2(r["ratio_before"]))
+        out.append(f"{r['metric']} ({r['unit']})".ljust(w) + "".join(f"  {c:>12}" for c in cells))
+    return "\n".join(out)
+
+
+def goals_text(res: dict[str, Any]) -> str:
+    out = []
+    for g in goal_rows(res):
+        b = f"before {fmt_num(g[BEFORE], 2)}, " if g.get(BEFORE) is not None else ""
         out.append(
-            f"{label}  {fmt_num(r['mtlsgw'], d):>10}  {fmt_num(r['nginx'], d):>10}  {ratio:>12}"
+            f"  {g['goal']}: wanted {g['want']}; {b}after {fmt_num(g['mtlsgw'], 2)}: {g['met']}"
         )
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------- profile
+
+
+def profile_area(filename: str, func: str) -> str:
+    """Which part of the stack a profiled function belongs to."""
+    if filename == "~":  # a built-in: by what it calls
+        if "_lib." in func or "_openssl" in func or "OpenSSL" in func or "_cffi" in func:
+            return "OpenSSL calls (pyOpenSSL's cffi: TLS records, handshakes)"
+        if "socket" in func or func.endswith(("'send'>", "'recv'>", "'recv_into'>")):
+            return "socket system calls"
+        if "epoll" in func or "poll" in func or "select" in func:
+            return "waiting in the reactor's poll"
+        if "httptools" in func or "llhttp" in func:
+            return "httptools (llhttp)"
+        return "other built-ins (isinstance, str, bytes, dict methods, …)"
+    path = filename.replace("\\", "/")
+    for marker, area in (
+        ("/gateway/", "gateway."),
+        ("/twisted/", "twisted."),
+        ("/OpenSSL/", "pyOpenSSL (Python side)"),
+        ("/cryptography/", "cryptography"),
+        ("/service_identity/", "service_identity"),
+        ("/h2/", "h2 (HTTP/2 state machine)"),
+        ("/hpack/", "hpack"),
+        ("/hyperframe/", "hyperframe"),
+        ("/httptools/", "httptools"),
+        ("/zope/", "zope.interface"),
+    ):
+        if marker in path:
+            if area.endswith("."):  # gateway.<module>, twisted.<package>
+                rest = path.split(marker, 1)[1].removesuffix(".py").split("/")
+                depth = 2 if area == "twisted." and len(rest) > 2 else 1
+                return area + ".".join(rest[:depth]).removesuffix("/__init__")
+            return area
+    if "/lib/python" in path:
+        return "Python standard library"
+    return "other"
+
+
+def profile_summary(stats_path: Path, top: int) -> dict[str, Any]:
+    """The share of the profile's own time (tottime) per area and the top functions."""
+    import pstats
+
+    if not stats_path.exists():
+        return {"error": f"no profile written ({stats_path.name})"}
+    try:
+        st = pstats.Stats(str(stats_path))
+    except Exception as exc:  # a profile cut short
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    raw: dict[Any, Any] = st.stats  # type: ignore[attr-defined]
+    idle = 0.0
+    total = 0.0
+    areas: dict[str, float] = {}
+    funcs = []
+    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in raw.items():
+        area = profile_area(filename, func)
+        if area == "waiting in the reactor's poll":
+            idle += tottime
+            continue
+        total += tottime
+        areas[area] = areas.get(area, 0.0) + tottime
+        where = func if filename == "~" else f"{Path(filename).name}:{line}({func})"
+        funcs.append((tottime, cumtime, ncalls, where, area))
+    total = total or 1e-9
+    funcs.sort(reverse=True)
+    return {
+        "busy_seconds": round(total, 3),
+        "poll_seconds": round(idle, 3),
+        "areas": sorted(((a, 100 * v / total) for a, v in areas.items()), key=lambda x: -x[1]),
+        "top": [
+            {
+                "function": w,
+                "area": a,
+                "calls": n,
+                "self_pct": 100 * tt / total,
+                "cumulative_pct": 100 * ct / total,
+            }
+            for tt, ct, n, w, a in funcs[:top]
+        ],
+    }
+
+
+def profile_markdown(res: dict[str, Any]) -> str:
+    profiles = res.get("profile") or {}
+    if not profiles:
+        return "(no profile in this run: `--scenarios ...,profile`)"
+    out = []
+    for prof in profiles.values():
+        run = prof.get("run") or {}
+        out.append(
+            f"**{prof.get('what')}** (under the profiler: {fmt_num(run.get('rps'))} req/s, "
+            f"{fmt_num(prof.get('busy_seconds'), 1)} s of CPU profiled, the reactor's poll "
+            "left out):"
+        )
+        out.append("")
+        if prof.get("error"):
+            out += [f"no profile: {prof['error']}", ""]
+            continue
+        areas = prof["areas"]
+        own = sum(p for a, p in areas if a.startswith("gateway."))
+        twisted = sum(p for a, p in areas if a.startswith("twisted."))
+        biggest = ", ".join(f"{a} {p:.0f}%" for a, p in areas[:4])
+        out.append(
+            f"The gateway's own modules take {own:.0f}% of the CPU time, Twisted {twisted:.0f}%; "
+            f"the largest areas: {biggest}."
+        )
+        out.append("")
+        out += ["| where the time goes | share of CPU time |", "|---|--:|"]
+        out += [f"| {a} | {p:.1f}% |" for a, p in prof["areas"][:12]]
+        out.append("")
+        out += [
+            "| function (own time) | area | calls | own | with callees |",
+            "|---|---|--:|--:|--:|",
+        ]
+        out += [
+            f"| `{f['function']}` | {f['area']} | {f['calls']:,} | {f['self_pct']:.1f}% "
+            f"| {f['cumulative_pct']:.1f}% |"
+            for f in prof["top"]
+        ]
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def write_docs(res: dict[str, Any], json_path: Path, dest: Path) -> None:
@@ -1041,37 +1620,70 @@ def write_docs(res: dict[str, Any], json_path: Path, dest: Path) -> None:
     s = res["settings"]
     checks = res["checks"]
     lat = [r for r in res["scenarios"]["latency"]["runs"] if r["target"] == "direct"]
+    before = res.get("before") or {}
 
     def headers(t: str) -> str:
         h = checks["identity_headers"].get(t, {}).get("identity_headers", {})
         return "<br>".join(f"`{k}: {', '.join(v)}`" for k, v in h.items()) or "—"
 
-    # the access log lines of the single process and of the N processes
-    multi_lines = (res.get("multi") or {}).get("log_lines", {})
-    gw_lines = res.get("log_lines", {}).get("mtlsgw", 0)
-    gw_lines += sum(v for k, v in multi_lines.items() if k.startswith("mtlsgw"))
+    def lines_of(t: str) -> int:  # the access log lines of every process of a target
+        return sum(
+            v
+            for k, v in res.get("log_lines", {}).items()
+            if k == t or k.startswith(f"{t}-")
+            if not (t == "mtlsgw" and k.startswith(BEFORE))
+        )
+
+    def check(name: str, t: str, key: str, width: int = 90) -> str:
+        v = checks[name].get(t, {}).get(key)
+        return "—" if v is None else str(v)[:width]
+
+    how = multi_how(res)
+    skipped = res.get("skipped") or {}
     values = dict(
         s,
         finished=res["finished"],
         command=res["command"],
         wall_minutes=res["wall_seconds"] / 60,
         json_name=json_path.name,
+        goals=goals_markdown(res),
         table=table_markdown(res),
         multi_table=multi_markdown(res),
+        multi_skipped=(
+            "**Not measured:** "
+            + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in skipped.items())
+            if skipped
+            else ""
+        ),
+        multi_before=how[BEFORE],
+        multi_after=(
+            f"one `twistd mtlsgw` with `workers = {s['processes']}` in `[gateway]` (a supervisor "
+            f"and {s['processes']} workers)"
+            if s.get("multi_mode") == "workers"
+            else f"{s['processes']} `twistd mtlsgw` processes with `reuse_port = yes`"
+        ),
+        profile=profile_markdown(res),
         health=health_markdown(res),
         direct_p50=fmt_num(median([r.get("p50_ms") for r in lat]), 2),
         direct_p99=fmt_num(median([r.get("p99_ms") for r in lat]), 2),
         upstream_rps=fmt_num((res.get("upstream_capacity") or {}).get("rps")),
         cpu=f"{m['cpu']}, {m['cores']} cores" + (" (virtual machine)" if m["virtualized"] else ""),
         os=f"{m['os']}, Linux {m['kernel']}",
+        before_ref=before.get("ref", "—"),
+        before_commit=(before.get("commit") or "—")[:12],
+        before_subject=shorten(before.get("subject", "not measured in this run"), 90),
+        before_stack=m.get("gateway_stack_before") or "—",
+        headers_before=headers(BEFORE),
         headers_mtlsgw=headers("mtlsgw"),
         headers_nginx=headers("nginx"),
-        nocert_mtlsgw=checks["no_client_certificate"]["mtlsgw"]["outcome"][:90],
-        nocert_nginx=checks["no_client_certificate"]["nginx"]["outcome"][:90],
-        log_lines_mtlsgw=f"{gw_lines:,}",
-        log_lines_nginx=f"{res.get('log_lines', {}).get('nginx', 0):,}",
-        expect_mtlsgw=checks["expect_100_continue_2MiB"]["mtlsgw"]["time_total"],
-        expect_nginx=checks["expect_100_continue_2MiB"]["nginx"]["time_total"],
+        nocert_before=check("no_client_certificate", BEFORE, "outcome"),
+        nocert_mtlsgw=check("no_client_certificate", "mtlsgw", "outcome"),
+        nocert_nginx=check("no_client_certificate", "nginx", "outcome"),
+        log_lines_before=f"{lines_of(BEFORE):,}",
+        log_lines_mtlsgw=f"{lines_of('mtlsgw'):,}",
+        expect_before=check("expect_100_continue_2MiB", BEFORE, "time_total"),
+        expect_mtlsgw=check("expect_100_continue_2MiB", "mtlsgw", "time_total"),
+        expect_nginx=check("expect_100_continue_2MiB", "nginx", "time_total"),
         size=transfer_size(s["transfer_bytes"]),
         background=f"{res.get('background_cpu_pct_at_start', 0):.0f}",
         idle_conns=f"{s['idle_conns']:,}",
@@ -1091,12 +1703,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = p.add_argument
-    add("--long", action="store_true", help="5 rounds of 30 s runs, 3 idle rounds (~30 minutes)")
+    add("--long", action="store_true", help="5 rounds of 30 s runs, 3 idle rounds (~45 minutes)")
     add("--quick", action="store_true", help="smoke test: 1 round of 3 s, 64 MiB, 500 idle")
-    add("--rounds", type=int, default=3, help="A B rounds per scenario (3)")
+    add(
+        "--before",
+        metavar="REF",
+        help="also run the gateway of git commit REF (e.g. ce9a976) as a third target, "
+        "mtlsgw-before, in the same rounds; built once into bench/.build/venv-<commit>-<deps>",
+    )
+    add("--rounds", type=int, default=3, help="A B (C) rounds per scenario (3)")
     add("--duration", type=float, default=10.0, help="seconds per loadgen run (10)")
     add("--warmup", type=float, default=2.0, help="seconds of warm-up per proxy (2)")
-    add("--concurrency", type=int, default=32, help="keep-alive connections (32)")
+    add("--concurrency", type=int, default=32, help="keep-alive connections, HTTP/1.1 and h2 (32)")
     add("--handshake-concurrency", type=int, default=16, help="connections at once (16)")
     add("--latency-rate", type=float, default=250.0, help="req/s of the latency runs (250)")
     add("--latency-duration", type=float, default=10.0, help="seconds per latency run (10)")
@@ -1121,11 +1739,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--processes",
         type=int,
         default=2,
-        help="N of the N-against-N runs: N mtlsgw processes with reuse_port = yes on one port "
-        "against nginx with N workers, keep-alive and new-connection runs; 0 skips them (2)",
+        help="N of the N-against-N runs (multi) against nginx with N workers, keep-alive and "
+        "new-connection runs; 0 skips them (2)",
     )
+    add(
+        "--multi-mode",
+        choices=("workers", "reuse_port"),
+        default="workers",
+        help="how mtlsgw (the working tree) runs N against N: one twistd with `workers = N` in "
+        "[gateway] (a supervisor and N workers), or N twistd processes with reuse_port = yes; "
+        "mtlsgw-before always runs as reuse_port processes (workers)",
+    )
+    add(
+        "--reactor",
+        default="mtlsgw",
+        help="twistd --reactor for mtlsgw (the working tree), as the shipped systemd unit selects; "
+        "'' for Twisted's default (mtlsgw-before always runs on Twisted's default) (mtlsgw)",
+    )
+    add("--profile-top", type=int, default=15, help="functions listed per profile (15)")
     add("--upstream-procs", type=int, default=1, help="GOMAXPROCS of the upstream (1)")
-    add("--targets", default=",".join(TARGETS), help="comma list of mtlsgw,nginx (both)")
+    add(
+        "--targets",
+        default="mtlsgw,nginx",
+        help="comma list of mtlsgw,nginx (both; --before adds mtlsgw-before)",
+    )
     add("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {','.join(SCENARIOS)}")
     add(
         "--gateway-cmd",
@@ -1139,11 +1776,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--docs",
         default=str(REPO / "docs/performance.md"),
         help="written after a full run of "
-        "both proxies, every scenario, not --quick (docs/performance.md)",
+        "mtlsgw and nginx, every scenario, not --quick (docs/performance.md)",
     )
     add("--no-docs", action="store_true", help="do not write the docs page")
     add("--keep", action="store_true", help="keep the run folder (configs, PKI, logs)")
     add("--compare", nargs="+", metavar="RESULT.json", help="show earlier results side by side")
+    add(
+        "--render",
+        metavar="RESULT.json",
+        help="write --docs again from a results file, measuring nothing (after editing "
+        "conf/performance.md.in, e.g. the paragraph on the profile)",
+    )
     a = p.parse_args(argv)
     if a.long:
         a.rounds, a.duration, a.latency_duration, a.idle_rounds = 5, 30.0, 30.0, 3
@@ -1155,6 +1798,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for t in a.targets:
         if t not in TARGETS:
             p.error(f"unknown target {t!r}")
+    if a.before and BEFORE not in a.targets:
+        a.targets.insert(0, BEFORE)
+    if BEFORE in a.targets and not a.before:
+        p.error(f"{BEFORE} needs --before REF")
+    a.targets = [t for t in TARGETS if t in a.targets]  # column order: before, after, nginx
     for s in a.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
@@ -1190,6 +1838,10 @@ def main() -> int:
     if args.compare:
         compare(args.compare)
         return 0
+    if args.render:
+        write_docs(json.loads(Path(args.render).read_text()), Path(args.render), Path(args.docs))
+        print(f"{args.docs} written from {args.render}")
+        return 0
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1200,13 +1852,16 @@ def main() -> int:
         res = Bench(args).run()
     except StartupError as exc:
         log(f"FAILED: {exc}")
-        if str(exc).startswith("mtlsgw-"):
-            log("`bench/run --processes 0` skips the N-against-N runs meanwhile.")
+        if str(exc).startswith(BEFORE):
+            log(
+                f"the --before build did not start; without --before the run measures {TARGETS[1:]}"
+            )
         elif str(exc).startswith("mtlsgw"):
             log("`bench/run --targets nginx` benchmarks nginx alone meanwhile.")
         return 3
     res["wall_seconds"] = round(time.monotonic() - t0, 1)
     res["table"] = summary_rows(res)
+    res["goals"] = goal_rows(res)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     label = (
         "-".join(args.targets) + ("-quick" if args.quick else "") + ("-long" if args.long else "")
@@ -1218,10 +1873,20 @@ def main() -> int:
     print()
     print(table_text(res))
     print()
-    for a, b, c in health_rows(res):
-        print(f"  {a}: mtlsgw {b}, nginx {c}")
+    targets = present(res)
+    for a, cells in health_rows(res):
+        print(
+            f"  {a}: " + ", ".join(f"{TITLES[t]} {c}" for t, c in zip(targets, cells, strict=True))
+        )
+    print("\nthe issue's targets:")
+    print(goals_text(res))
+    for k, v in (res.get("skipped") or {}).items():
+        print(f"\nSKIPPED {k}: {v.splitlines()[0]}")
+    for prof in (res.get("profile") or {}).values():
+        areas = ", ".join(f"{a} {p:.0f}%" for a, p in (prof.get("areas") or [])[:5])
+        print(f"\nprofile of mtlsgw, {prof.get('what')}: {areas or prof.get('error')}")
     print(f"\nresults: {json_path} ({res['wall_seconds']:.0f} s)")
-    full = set(args.targets) == set(TARGETS) and set(args.scenarios) == set(SCENARIOS)
+    full = {"mtlsgw", "nginx"} <= set(args.targets) and set(args.scenarios) == set(SCENARIOS)
     if full and not args.quick and not args.no_docs:
         write_docs(res, json_path, Path(args.docs))
         print(f"table written to {args.docs}")

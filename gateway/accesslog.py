@@ -9,8 +9,9 @@ writes and flushes it on its own, the largest cost of a small request after the 
 file in one write at the end of the reactor iteration that produced them (under load, one write
 for many requests; never later than that, so a line is in the file as soon as the request's
 response has been handed to the client), before any other event (so the file keeps the order of
-events), when it holds :data:`MAX_BUFFERED` lines, on SIGTERM and at exit. Every other event goes
-to twistd's usual observer at once.
+events), when it holds :data:`MAX_BUFFERED` lines, on SIGTERM and at exit. The other events of
+a request (its warnings, namespace ``mtlsgw.access``) are buffered with it, so a request's lines
+are written together; every other event goes to twistd's usual observer at once.
 
 :func:`observer_for` builds it for twistd's options the way twistd itself picks the log file
 (``--logfile``, ``-`` or none for standard output under ``--nodaemon``, ``twistd.log`` for a
@@ -24,7 +25,13 @@ import signal
 import sys
 from typing import IO, Any
 
-from twisted.logger import ILogObserver, LogEvent, formatTime, textFileLogObserver
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+    textFileLogObserver,
+)
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
@@ -48,22 +55,31 @@ class BufferedLogObserver:
         self._stamp = ""
 
     def __call__(self, event: LogEvent) -> None:
-        if event.get("log_namespace") == "mtlsgw.access" and event.get("log_format") == "{access}":
-            when = event.get("log_time")
-            second = int(when) if when is not None else 0
-            if second != self._stamp_second:
-                self._stamp_second, self._stamp = second, formatTime(second)
-            level = event.get("log_level")
-            name = level.name if level is not None else "-"
-            self._buffer.append(f"{self._stamp} [mtlsgw.access#{name}] {event.get('access')}\n")
-            if len(self._buffer) >= MAX_BUFFERED or self.clock is None:
-                self.flush()
-            elif not self._scheduled:
-                self._scheduled = True
-                self.clock.callLater(0, self.flush)
+        if event.get("log_namespace") != "mtlsgw.access":
+            self.flush()
+            self._text(event)
             return
-        self.flush()
-        self._text(event)
+        if event.get("log_format") != "{access}":
+            # A request's warning ("upstream request failed: ...") goes out with its access
+            # line, in the same write.
+            self._buffer.append(formatEventAsClassicLogText(event) or "")
+            self._schedule()
+            return
+        when = event.get("log_time")
+        second = int(when) if when is not None else 0
+        if second != self._stamp_second:
+            self._stamp_second, self._stamp = second, formatTime(second)
+        level = event.get("log_level")
+        name = level.name if level is not None else "-"
+        self._buffer.append(f"{self._stamp} [mtlsgw.access#{name}] {event.get('access')}\n")
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if len(self._buffer) >= MAX_BUFFERED or self.clock is None:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self.clock.callLater(0, self.flush)
 
     def flush(self) -> None:
         """Write the buffered access lines."""

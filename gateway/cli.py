@@ -49,6 +49,8 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     settings = checked.settings
     print(f"{settings.path}: OK")
+    if settings.supervised:
+        print(f"  workers: {settings.workers}{' (auto)' if settings.workers_auto else ''}")
     for listener in settings.listeners:
         kind = "mTLS" if listener.tls else "plain HTTP"
         if listener.proxy_protocol:

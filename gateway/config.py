@@ -146,6 +146,12 @@ class ListenerSettings:
     # Peers (the balancers) allowed to connect to a PROXY-protocol listener; empty: any.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
+    @property
+    def socket_listen(self) -> str:
+        """The description of the endpoint that owns the socket: ``listen`` without
+        ``haproxy:``."""
+        return self.inner if self.proxy_protocol else self.listen
+
 
 @attrs.frozen
 class RouteSettings:
@@ -178,6 +184,13 @@ class GatewaySettings:
     listeners: tuple[ListenerSettings, ...]  # "main" first
     routes: tuple[RouteSettings, ...]
     authorizer_timeout: float = 5.0  # seconds an authorizer may take; then it counts as a denial
+    workers: int = 1  # worker processes (``auto`` resolved); see :mod:`gateway.workers`
+    workers_auto: bool = False  # ``workers = auto``
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a supervisor runs :attr:`workers` worker processes (``workers`` other than 1)."""
+        return self.workers > 1 or self.workers_auto
 
     @property
     def listen(self) -> str:
@@ -213,6 +226,7 @@ _GATEWAY_KEYS = _UPSTREAM_KEYS | _LISTENER_KEYS | {
     "max_connections",
     "drain_timeout",
     "access_log",
+    "workers",
 }
 _TLS_KEYS = {
     "certificate",
@@ -432,6 +446,42 @@ def _trusted_proxies(
     if not networks:
         raise loc.error("list at least one address or CIDR network")
     return tuple(networks)
+
+
+_ADOPTABLE = ("tcp", "tcp6", "unix", "systemd")  # listen kinds a supervisor can share
+
+
+def _workers(section: _Section, listeners: Mapping[str, ListenerSettings]) -> tuple[int, bool]:
+    """``[gateway] workers``: ``(count, auto)``. Anything but 1 needs listeners the supervisor
+    can bind once and hand to its workers, and no ``reuse_port``."""
+    from gateway.workers import MAX_WORKERS, available_cpus
+
+    raw = section.get("workers", "1")
+    assert raw is not None
+    loc = section.location.at("workers", raw)
+    auto = raw.lower() == "auto"
+    if auto:
+        count = available_cpus()
+    else:
+        try:
+            count = int(raw)
+        except ValueError:
+            count = 0
+        if not 1 <= count <= MAX_WORKERS:
+            raise loc.error(f"must be auto or an integer between 1 and {MAX_WORKERS}")
+    if count == 1 and not auto:
+        return count, auto
+    for listener in listeners.values():
+        where = "[gateway]" if listener.name == "main" else f"[{listener.location.section}]"
+        if listener.reuse_port is not None:
+            raise loc.error(f"cannot be combined with reuse_port = yes ({where}): the workers "
+                            "share the supervisor's socket; use one or the other")
+        kind = listener.socket_listen.split(":", 1)[0].strip().lower()
+        if kind not in _ADOPTABLE:
+            raise loc.error(f"the listener in {where} ({listener.listen}) cannot be shared by "
+                            "workers: only tcp:, tcp6:, unix: and systemd: listeners (also "
+                            "behind haproxy:) can")
+    return count, auto
 
 
 def _loopback_only(kind: str, kwargs: Mapping[str, object]) -> bool:
@@ -703,6 +753,7 @@ def load(path: str | Path) -> GatewaySettings:
     if not routes:
         raise gateway.location.at("upstream").error(
             "required key is missing or empty (or define [route:NAME] sections)")
+    workers, workers_auto = _workers(gateway, listeners)
     seen: dict[tuple[str, str | None, str], str] = {}
     for route in routes:
         where = (route.listener, route.host, route.prefix)
@@ -726,4 +777,6 @@ def load(path: str | Path) -> GatewaySettings:
         tls=tls,
         listeners=tuple(listeners.values()),
         routes=tuple(routes),
+        workers=workers,
+        workers_auto=workers_auto,
     )

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import ILogObserver, Logger
 
 from gateway import config
@@ -37,6 +39,7 @@ from gateway.reuseport import ReusePortEndpoint
 from gateway.routes import RouteTable
 from gateway.tls import ServerConnectionCreator, build_context
 from gateway.upstream_tls import UpstreamTLS
+from gateway.worker import InheritedEndpoint
 
 log = Logger(namespace="mtlsgw")
 
@@ -113,25 +116,49 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
     return Generation(settings, checked.context, tables, tuple(upstreams), sweep)
 
 
-def listener_endpoint(reactor: Any, listener: config.ListenerSettings) -> Any:
+def listener_endpoint(reactor: Any, listener: config.ListenerSettings,
+                      inherited: int | None = None) -> Any:
     """The server endpoint of *listener*, without TLS: its ``listen`` description, with
-    ``SO_REUSEPORT`` for ``reuse_port``, and for ``haproxy:`` the PROXY protocol (limited to
-    ``trusted_proxies``) around the inner endpoint."""
-    inner = listener.inner if listener.proxy_protocol else listener.listen
-    endpoint: Any = (ReusePortEndpoint(reactor, *listener.reuse_port)
-                     if listener.reuse_port else serverFromString(reactor, inner))
+    ``SO_REUSEPORT`` for ``reuse_port``, or adopting the descriptor *inherited* from a
+    supervisor; for ``haproxy:``, the PROXY protocol (limited to ``trusted_proxies``) around
+    that inner endpoint."""
+    endpoint: Any
+    if inherited is not None:
+        endpoint = InheritedEndpoint(reactor, inherited)
+    elif listener.reuse_port:
+        endpoint = ReusePortEndpoint(reactor, *listener.reuse_port)
+    else:
+        endpoint = serverFromString(reactor, listener.socket_listen)
     if listener.proxy_protocol:
         endpoint = proxy_protocol_endpoint(endpoint, listener.trusted_proxies)
     return endpoint
 
 
+def cannot_listen(settings: config.GatewaySettings, exc: CannotListenError) -> NoReturn:
+    """Stop the start with one line naming the listener that could not listen, as for any other
+    configuration mistake, instead of a traceback; exit status 1."""
+    listen = next((x for x in settings.listeners if str(exc.port) in x.listen),
+                  settings.listeners[0])
+    section = "gateway" if listen.name == "main" else f"listener:{listen.name}"
+    sys.stderr.write(f"mtlsgw: {settings.path}: [{section}] listen = {listen.listen!r}: "
+                     f"cannot listen ({exc.socketError})\n")
+    raise SystemExit(1) from None
+
+
 class GatewayService(MultiService):
-    """The gateway as a Twisted service: listens while running, reloads on ``SIGHUP``."""
+    """The gateway as a Twisted service: listens while running, reloads on ``SIGHUP``.
+
+    With *inherited* (a worker of ``workers = N``, :mod:`gateway.workers`) every listener adopts
+    the listening socket its supervisor bound, ``{listener name: descriptor}``, instead of
+    binding its own.
+    """
 
     log_observer: BufferedLogObserver | None = None  # set by the twistd plugin
 
-    def __init__(self, generation: Generation, reactor: Any) -> None:
+    def __init__(self, generation: Generation, reactor: Any,
+                 inherited: Mapping[str, int] | None = None) -> None:
         super().__init__()
+        self._worker = inherited is not None
         self.generation = generation
         self._reactor = reactor
         settings = generation.settings
@@ -144,7 +171,8 @@ class GatewayService(MultiService):
             factory = Listener(listener.name, generation.tables[listener.name], settings.limits,
                                handshake_timeout, listener.tls, reactor, self.sweep)
             self.factories[listener.name] = factory
-            endpoint = listener_endpoint(reactor, listener)
+            endpoint = listener_endpoint(
+                reactor, listener, inherited[listener.name] if inherited is not None else None)
             if self.creator is not None and listener.tls:
                 endpoint = wrapServerTLS(self.creator, endpoint)
             service = StreamServerEndpointService(endpoint, factory)
@@ -171,14 +199,7 @@ class GatewayService(MultiService):
             self._cannot_listen(exc)
 
     def _cannot_listen(self, exc: CannotListenError) -> None:
-        # One line, as for any other configuration mistake, instead of a traceback.
-        settings = self.generation.settings
-        listen = next((x for x in settings.listeners if str(exc.port) in x.listen),
-                      settings.listeners[0])
-        section = "gateway" if listen.name == "main" else f"listener:{listen.name}"
-        sys.stderr.write(f"mtlsgw: {settings.path}: [{section}] listen = {listen.listen!r}: "
-                         f"cannot listen ({exc.socketError})\n")
-        raise SystemExit(1) from None
+        cannot_listen(self.generation.settings, exc)
 
     def startService(self) -> None:  # noqa: N802
         try:
@@ -204,7 +225,10 @@ class GatewayService(MultiService):
     def _terminate(self) -> None:
         if self.log_observer is not None:
             self.log_observer.flush()
-        self._reactor.stop()
+        # A SIGTERM while already stopping (systemd signals every process of the service, and a
+        # workers supervisor forwards it too) changes nothing.
+        with suppress(ReactorNotRunning):
+            self._reactor.stop()
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop accepting; let in-flight requests finish within ``drain_timeout``; close."""
@@ -258,6 +282,9 @@ class GatewayService(MultiService):
                 new.settings.tls and old.settings.tls
                 and new.settings.tls.handshake_timeout != old.settings.tls.handshake_timeout):
             log.warn("reload: limits or handshake_timeout changed; that takes effect on restart")
+        if not self._worker and (new.settings.workers, new.settings.workers_auto) != (
+                old.settings.workers, old.settings.workers_auto):  # a supervisor says it once
+            log.warn("reload: workers changed; that takes effect on restart")
         self.generation = new
         if self.creator is not None:
             self.creator.context = new.context
@@ -269,10 +296,12 @@ class GatewayService(MultiService):
         return True
 
 
-def build(path: str | Path, reactor: Any = None) -> GatewayService:
-    """The gateway service for config file *path*; raises :class:`~gateway.config.ConfigError`."""
+def build(path: str | Path, reactor: Any = None,
+          inherited: Mapping[str, int] | None = None) -> GatewayService:
+    """The gateway service for config file *path* (*inherited*: see :class:`GatewayService`);
+    raises :class:`~gateway.config.ConfigError`."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    return GatewayService(load_generation(path, reactor), reactor)
+    return GatewayService(load_generation(path, reactor), reactor, inherited)

@@ -176,6 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: 100 concurrent HTTP/2 streams, 100 connections
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -286,6 +287,7 @@ class Gateway:
 def twistd_command(config: Path, log_path: Path | None = None,
                    reactor: str | None = None) -> list[str]:
     logfile = [f"--logfile={log_path}"] if log_path else []
+    reactor = reactor or os.environ.get("MTLSGW_TEST_REACTOR")  # e.g. the whole suite on mtlsgw
     chosen = [f"--reactor={reactor}"] if reactor else []
     twistd = Path(sys.executable).parent / "twistd"  # the script pip installed with Twisted
     return [str(twistd), "--nodaemon", "--pidfile=", *logfile, *chosen, "mtlsgw", "--config",

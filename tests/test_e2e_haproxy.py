@@ -247,3 +247,29 @@ def test_peer_outside_trusted_proxies_is_refused(tmp_path: Path, pki: conftest.T
         assert [r["path"] for r in upstream.requests] == ["/v1"]
     finally:
         gateway.stop()
+
+
+def test_workers_share_a_proxy_protocol_listener(tmp_path: Path, pki: conftest.TestPKI,
+                                                 upstream: Upstream) -> None:
+    # workers = 2: the supervisor binds the tcp: socket, each worker reads the PROXY header.
+    config = sections(pki, upstream, free_port())
+    config["gateway"]["workers"] = "2"
+    gateway = Gateway(tmp_path / "gw", config)
+    try:
+        alice = client_context(pki.ca, pki.alice().cert, pki.alice().key)
+        workers: set[str] = set()
+
+        def both_workers_answered() -> bool:
+            header = b"PROXY TCP4 198.51.100.8 127.0.0.1 40000 443\r\n"
+            assert status(get(gateway.port, alice, "/workers", "127.0.0.1", header)) == 200
+            assert headers_of(upstream.last(), "X-Forwarded-For") == ["198.51.100.8"]
+            workers.update(re.findall(r"\[mtlsgw\.access#info\] worker=(\d+) request "
+                                      r"peer=198\.51\.100\.8 ", gateway.log()))
+            return len(workers) == 2
+
+        wait_for(both_workers_answered, "both workers to answer through the PROXY protocol")
+        with pytest.raises((OSError, ssl.SSLError)):
+            get(gateway.port, alice, "/untrusted", "127.0.0.3",
+                b"PROXY TCP4 198.51.100.8 127.0.0.1 40000 443\r\n")
+    finally:
+        gateway.stop()

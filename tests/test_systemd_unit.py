@@ -37,7 +37,8 @@ def directives(text: str) -> dict[str, list[str]]:
 def test_unit_runs_twistd_as_documented() -> None:
     unit = directives(UNIT.read_text(encoding="utf-8"))
     assert unit["ExecStart"] == [
-        "/opt/mtlsgw/bin/twistd --nodaemon --pidfile= mtlsgw --config /etc/mtlsgw/gw.ini"]
+        "/opt/mtlsgw/bin/twistd --nodaemon --pidfile= --reactor=mtlsgw mtlsgw "
+        "--config /etc/mtlsgw/gw.ini"]
     assert unit["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
     assert unit["Restart"] == ["on-failure"]
     assert unit["User"] == ["mtlsgw"]

@@ -50,6 +50,7 @@ class RequestHead:
     content_length: int | None
     expect_continue: bool = False
     upgrade: bool = False  # HTTP/1.1 Connection: upgrade + Upgrade: (the codec stops parsing)
+    head_size: int = 0  # HTTP/2: method + target + (name + value + 4) per header, for 431
 
 
 class ClientConnection(Protocol):

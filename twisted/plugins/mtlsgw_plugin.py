@@ -50,9 +50,9 @@ class _ServiceMaker:
 
     def makeService(self, options: Options):  # type: ignore[no-untyped-def]
         from gateway.accesslog import observer_for
-        from gateway.service import build
+        from gateway.workers import make_service
 
-        service = build(options["config"])
+        service = make_service(options["config"])  # a supervisor when [gateway] workers is not 1
         service.log_observer = observer_for(getattr(options, "parent", None))
         return service
 
