@@ -241,6 +241,7 @@ def test_peer_outside_trusted_proxies_is_refused(tmp_path: Path, pki: conftest.T
         # A trusted peer without a PROXY header (TLS straight away): closed.
         with pytest.raises((OSError, ssl.SSLError)):
             get(gateway.port, alice, "/no-header", "127.0.0.1")
+        gateway.wait_log("tls handshake failed peer=127.0.0.1:")
         # A malformed header: closed.
         with pytest.raises((OSError, ssl.SSLError)):
             get(gateway.port, alice, "/bad", "127.0.0.1", b"PROXY TCP4 nonsense\r\n")

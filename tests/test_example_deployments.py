@@ -109,9 +109,9 @@ def example(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return prepared(tmp_path, request.param)
 
 
-def test_the_four_deployments_have_examples() -> None:
-    assert NAMES == ["egress.ini", "internal-mtls-api.ini", "managed-host.ini",
-                     "multi-route.ini"]
+def test_the_deployments_have_examples() -> None:
+    assert NAMES == ["behind-haproxy.ini", "egress.ini", "internal-mtls-api.ini",
+                     "managed-host.ini", "multi-route.ini"]
 
 
 def test_example_names_only_relative_files() -> None:
@@ -195,3 +195,16 @@ def test_multi_route_has_no_default_and_its_own_authorizers_per_route(tmp_path: 
     assert routes["api"].headers.prefix == "X-SSL-Client-"
     assert routes["api"].headers.forward_certificate
     assert routes["status"].host == "status.example.com"
+
+
+def test_behind_haproxy_reads_proxy_headers_from_the_balancer_only(tmp_path: Path) -> None:
+    settings = load(tmp_path, "behind-haproxy.ini")
+    (listener,) = settings.listeners
+    assert listener.tls and listener.proxy_protocol
+    assert listener.socket_listen == "tcp:8443:interface=10.0.0.11"
+    assert [str(n) for n in listener.trusted_proxies] == ["10.0.0.5/32"]
+    # The balancer's configuration sends PROXY v2 to the gateways, on their port.
+    haproxy = (EXAMPLES / "haproxy.cfg").read_text()
+    assert "send-proxy-v2" in haproxy and "option redispatch" in haproxy
+    assert re.search(r"(?m)^\s*bind 10\.0\.0\.5:", haproxy)
+    assert re.search(r"(?m)^\s*server gw1 10\.0\.0\.11:8443$", haproxy)
