@@ -25,7 +25,9 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
+from zope.interface import implementer
 
 from gateway import config
 from gateway.accesslog import BufferedLogObserver
@@ -116,6 +118,34 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
     return Generation(settings, checked.context, tables, tuple(upstreams), sweep)
 
 
+class _AcceptPendingPort:
+    """A listening port that, when told to stop, first accepts the connections already waiting
+    in its queue (the kernel would reset them when the socket closes: behind a load balancer,
+    connections it has already handed on). They are then drained like the others."""
+
+    def __init__(self, port: Any) -> None:
+        self._port = port
+
+    def stopListening(self) -> Any:  # noqa: N802
+        accept = getattr(self._port, "doRead", None)  # a stream port: accept() until EAGAIN
+        if accept is not None and getattr(self._port, "connected", False):
+            accept()
+        return self._port.stopListening()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port, name)
+
+
+@implementer(IStreamServerEndpoint)
+class _AcceptPendingEndpoint:
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        listening: Deferred[Any] = self._wrapped.listen(factory)
+        return listening.addCallback(_AcceptPendingPort)
+
+
 def listener_endpoint(reactor: Any, listener: config.ListenerSettings,
                       inherited: int | None = None) -> Any:
     """The server endpoint of *listener*, without TLS: its ``listen`` description, with
@@ -131,7 +161,7 @@ def listener_endpoint(reactor: Any, listener: config.ListenerSettings,
         endpoint = serverFromString(reactor, listener.socket_listen)
     if listener.proxy_protocol:
         endpoint = proxy_protocol_endpoint(endpoint, listener.trusted_proxies)
-    return endpoint
+    return _AcceptPendingEndpoint(endpoint)
 
 
 def cannot_listen(settings: config.GatewaySettings, exc: CannotListenError) -> NoReturn:

@@ -209,15 +209,19 @@ def test_a_stopped_instance_loses_no_request(
             except (OSError, ssl.SSLError) as exc:
                 results.append(repr(exc))
 
-    thread = threading.Thread(target=client, daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
     wait_for(lambda: len(results) >= 20, "20 requests before the stop")
+    # Four clients, so that connections are in every state when SIGTERM comes: queued, in the
+    # handshake, just after it, with a request in flight.
     gateways[0].process.send_signal(15)  # SIGTERM: stop accepting, drain, exit 0
     assert gateways[0].process.wait(DEADLINE) == 0
     before = len(results)
     wait_for(lambda: len(results) >= before + 40, "40 requests after the stop")
     stop.set()
-    thread.join(DEADLINE)
+    for thread in threads:
+        thread.join(DEADLINE)
     assert [r for r in results if r != 200] == []
     served_after = count_requests(gateways[1])
     assert served_after >= 40

@@ -35,6 +35,10 @@ from gateway.tls import handshake_state
 
 log = Logger(namespace="mtlsgw.tls")
 
+# On SIGTERM, a connection accepted just before the port closed gets this many seconds to send
+# its first request (it is then answered, with Connection: close).
+FIRST_REQUEST_GRACE = 1.0
+
 
 class Sweep:
     """One periodic timer for many deadlines: every *interval* seconds, each registered item whose
@@ -136,6 +140,8 @@ class ServerProtocol(Protocol):
         self.deadline: float | None = None  # for the listener's Sweep
         self._expire: Callable[[], None] = self._idle
         self._handshake_done = False
+        self._serve_one = False  # drain() came before the first request: answer it, then close
+        self._fresh = True  # no request head yet on this connection
         self._h2: Any = None
         self._parser: h1.RequestParser | None = None
         self._current: H1Stream | None = None  # the request being answered
@@ -214,6 +220,8 @@ class ServerProtocol(Protocol):
             self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
         else:
             self._start_http1()
+            if self._serve_one:  # drain() came during the handshake
+                self._set_deadline(FIRST_REQUEST_GRACE, self._idle)
 
     def _start_http1(self) -> None:
         limits = self.listener.limits
@@ -225,6 +233,9 @@ class ServerProtocol(Protocol):
             self._takeover(data)
         elif self._h2 is not None:
             self._h2.data_received(data)
+            if self._serve_one and not self._h2.idle():
+                self._serve_one = False
+                self._h2.drain()  # GOAWAY after the first stream: it is answered, then close
             if self._h2.idle() and self.deadline is None:
                 self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
             elif not self._h2.idle():
@@ -290,7 +301,16 @@ class ServerProtocol(Protocol):
             gone.callback(None)
             return gone
         self._on_lost.append(gone)
-        if self._h2 is not None:
+        if not self._handshake_done or (
+                self._fresh and self._h2 is None and self._parser is not None
+                and not self._parser.in_head):
+            # Accepted before the port closed, in its handshake or just after it: the client's
+            # first request is on its way, and the client could not retry it elsewhere. Answer
+            # it, then close; a client that sends nothing within FIRST_REQUEST_GRACE is closed.
+            self._serve_one = True
+            if self._handshake_done:
+                self._set_deadline(FIRST_REQUEST_GRACE, self._idle)
+        elif self._h2 is not None:
             self._h2.drain()
         elif self._takeover is None:
             self._closing = True
@@ -390,7 +410,10 @@ class ServerProtocol(Protocol):
             return
         if not self.tls:  # a plain listener has no handshake to wait for (see handshakeCompleted)
             self.peer_host = str(getattr(self.transport.getPeer(), "host", "unix"))
+        self._fresh = False
         stream = H1Stream(self, head)
+        if self._serve_one:
+            stream.closing = True  # see drain(): this response closes the connection
         if self._current is None:
             self.deadline = None
             if head.content_length != 0:  # the body must keep coming (idle_timeout)
