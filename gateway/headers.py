@@ -92,7 +92,8 @@ def _connection_tokens(headers: Sequence[Header]) -> set[bytes]:
 def without_hop_by_hop(headers: Sequence[Header]) -> list[Header]:
     """Drop RFC 9110 §7.6.1 hop-by-hop headers, those named in ``Connection``, and framing."""
     # A client must not be able to remove Host by naming it in Connection.
-    drop = HOP_BY_HOP | (_connection_tokens(headers) - {b"host"})
+    tokens = _connection_tokens(headers)
+    drop = HOP_BY_HOP | (tokens - {b"host"}) if tokens else HOP_BY_HOP
     return [(n, v) for n, v in headers if n.lower() not in drop]
 
 

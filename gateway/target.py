@@ -16,6 +16,7 @@ reason id to refuse it with:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -28,6 +29,7 @@ _TARGET = re.compile(rb"[\x21-\x22\x24-\x7e]+")
 _METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §9.1: a token
 
 
+@functools.lru_cache(maxsize=1024)
 def host_name(host: bytes) -> str:
     """The name part of a valid ``Host`` value: lower case, no port, no trailing dot."""
     match = _HOST.fullmatch(host)

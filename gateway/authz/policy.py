@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -107,6 +108,15 @@ def _checked(name: str, result: object) -> Decision:
         log.error("authorizer {name} gave reason {reason!r}, not a reason id", name=name,
                   reason=result.reason)
         return Decision(result.allowed, "invalid-reason-id", name)
+    try:
+        return _named(name, result)
+    except TypeError:  # an unhashable Decision subclass from a plugin
+        return attrs.evolve(result, authorizer=name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _named(name: str, result: Decision) -> Decision:
+    # Cached: authorizers give the same few decisions over and over (Decision is frozen).
     return attrs.evolve(result, authorizer=name)
 
 
