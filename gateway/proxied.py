@@ -37,6 +37,8 @@ def trusted(host: object, networks: Sequence[Network]) -> bool:
 
 
 class _TrustedPeersFactory(WrappingFactory):
+    noisy = False  # no "Starting factory" lines
+
     def __init__(self, wrapped: Any, networks: Sequence[Network]) -> None:
         super().__init__(wrapped)
         self._networks = tuple(networks)

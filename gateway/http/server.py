@@ -220,8 +220,9 @@ class ServerProtocol(Protocol):
             self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
         else:
             self._start_http1()
-            if self._serve_one:  # drain() came during the handshake
-                self._set_deadline(FIRST_REQUEST_GRACE, self._idle)
+        if self._serve_one:  # drain() came during the handshake
+            self._set_deadline(FIRST_REQUEST_GRACE,
+                               self._idle if self._h2 is None else self._h2_idle)
 
     def _start_http1(self) -> None:
         limits = self.listener.limits
