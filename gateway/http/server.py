@@ -158,6 +158,12 @@ class ServerProtocol(Protocol):
         listener.connections.add(self)
         listener.sweep.items.add(self)
         self.transport.registerProducer(self, True)
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:  # TCP (TLS passes it through); not on a Unix socket
+            # Each response goes out as soon as it is written, as nginx's tcp_nodelay: Nagle's
+            # algorithm would hold the last segment of a response (or the TLS close_notify
+            # after it) until the client's delayed ACK, about 40 ms.
+            nodelay(True)
         if len(listener.connections) > listener.limits.max_connections:
             log.warn("closing connection peer={peer}: max_connections ({limit}) reached",
                      peer=_peer(self.transport), limit=listener.limits.max_connections)
