@@ -35,6 +35,10 @@ from gateway.tls import handshake_state
 
 log = Logger(namespace="mtlsgw.tls")
 
+# Seconds a connection the gateway closed (TLS close_notify sent) may wait for the client to close
+# its side before it is dropped, so that a client that never does cannot hold a connection slot.
+CLOSE_GRACE = 5.0
+
 
 class Sweep:
     """One periodic timer for many deadlines: every *interval* seconds, each registered item whose
@@ -144,6 +148,7 @@ class ServerProtocol(Protocol):
         self._closing = False  # no request after the current one
         self._gone = False
         self._stopped = False  # closing: nothing more is read or answered
+        self._closed = False  # close() was called
         self._write_paused = False
         self._read_paused = False
         self._takeover: Callable[[bytes], None] | None = None  # an upgraded connection's reader
@@ -213,7 +218,7 @@ class ServerProtocol(Protocol):
             from gateway.http.h2 import H2Session
 
             self._h2 = H2Session(self, self.transport, Exchange, self.listener.limits,
-                                 Logger(namespace="mtlsgw.http2"))
+                                 Logger(namespace="mtlsgw.http2"), close=self.close)
             self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
         else:
             self._start_http1()
@@ -226,12 +231,13 @@ class ServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._takeover is not None:
             self._takeover(data)
+        elif self._closed:
+            return  # closing: what the client still sends is not read
         elif self._h2 is not None:
             self._h2.data_received(data)
-            if self._h2.idle() and self.deadline is None:
+            if not self._closed:
+                # Idle: GOAWAY after idle_timeout; streams open: their bodies must keep coming.
                 self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
-            elif not self._h2.idle():
-                self.deadline = None
         elif self._parser is not None and not self._closing and not self._stopped:
             if self._expire == self._body_too_slow:
                 self.deadline = self.listener.sweep.now() + self.listener.limits.idle_timeout
@@ -273,11 +279,21 @@ class ServerProtocol(Protocol):
         )
 
     def close(self) -> None:
-        """Close after what has been written (TLS close_notify)."""
+        """Close after what has been written (TLS close_notify); drop the connection
+        :data:`CLOSE_GRACE` seconds later if the client has not closed its side by then."""
         self._stopped = True
-        if not self._gone:
+        if not self._gone and not self._closed:
+            self._closed = True
             self.transport.unregisterProducer()
             self.transport.loseConnection()
+            self._set_deadline(CLOSE_GRACE, self.abort)
+
+    @property
+    def busy(self) -> bool:
+        """A request is in flight (HTTP/2: a stream is open; or the connection was upgraded)."""
+        if self._h2 is not None:
+            return not self._h2.idle()
+        return self._takeover is not None or (self._current is not None and not self._closed)
 
     def abort(self) -> None:
         """Drop the connection at once (TCP reset)."""
@@ -327,8 +343,15 @@ class ServerProtocol(Protocol):
             self.close()
 
     def _h2_idle(self) -> None:
-        if self._h2 is not None and self._h2.idle():
+        if self._h2 is None:
+            return
+        timeout = self.listener.limits.idle_timeout
+        if self._h2.idle():
             self._h2.close_idle()
+            return
+        self._h2.reset_stalled(timeout)
+        if not self._closed:
+            self._set_deadline(timeout, self._h2_idle)
 
     def _body_too_slow(self) -> None:
         current = self._current
@@ -433,7 +456,7 @@ class ServerProtocol(Protocol):
         self._current = None
         if not stream.ended:
             stream.closing = True
-        if stream.closing:
+        if stream.closing and self._refused is None:
             self._waiting.clear()  # nothing after this response is answered
             self.close()
             return
@@ -560,7 +583,8 @@ class H1Stream:
         else:
             self.closing = True  # HTTP/1.0: the end of the body is the end of the connection
         connection = self.connection
-        if self.closing or (connection._closing and not connection._waiting):
+        if self.closing or (connection._closing and not connection._waiting
+                            and connection._refused is None):
             self.closing = True
             out.append((b"Connection", b"close"))
         elif self.version == b"HTTP/1.0":
