@@ -102,6 +102,7 @@ class RequestParser:
         self._window = b""  # the bytes of the current feed (and a head begun before it)
         self._resume = False  # an upgrade head that is not one: parse on after llhttp stops
         self._synthetic = False  # parsing the stand-in head that resumes the body
+        self._signal: Exception | None = None  # what a callback raised to stop llhttp
         self._new_message()
 
     def _new_message(self) -> None:
@@ -118,24 +119,27 @@ class RequestParser:
         if self.finished:
             return None
         self._window = self._window + data if self.in_head else data
+        self._signal = None
+        rest: bytes | None = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0]:]
-            if self._resume:
-                return self._resume_body(rest)
-            self.finished = True
-            return rest
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, RequestError):
-                raise exc.__context__ from None
-            if isinstance(exc.__context__, _Finished):
+            if not self._resume:
+                self.finished = True
+                return rest
+        except httptools.HttpParserCallbackError:
+            if isinstance(self._signal, RequestError):
+                raise self._signal from None
+            if isinstance(self._signal, _Finished):
                 return b""
-            raise
+            raise  # a receiver's own error: the caller logs it
         except httptools.HttpParserError as exc:
             if self.finished:
                 return b""  # bytes after a request that ends the connection: ignored
             raise _framing_error(str(exc), data) from None
+        if rest is not None:  # an upgrade head that is not one: read on (outside the handler)
+            return self._resume_body(rest)
         if self.in_head:
             # llhttp holds a partial header line itself, out of our sight: bound the bytes a
             # head may take (counted generously: all of a read in which a head began).
@@ -176,16 +180,16 @@ class RequestParser:
             return  # a trailer field: dropped
         self._grow(len(name) + len(value) + 2)
         if len(self._headers) >= self._max_headers:
-            raise RequestError(431, "request-head-too-large")
+            raise self._stop(RequestError(431, "request-head-too-large"))
         lower = name.lower()
         if lower == b"content-length":
             value = value.strip(b" \t")
             if not value.isdigit() or int(value) > MAX_CONTENT_LENGTH:
-                raise RequestError(400, "malformed-request")
+                raise self._stop(RequestError(400, "malformed-request"))
             self._length = int(value)
         elif lower == b"transfer-encoding":
             if self._chunked or value.strip(b" \t").lower() != b"chunked":
-                raise RequestError(400, "unsupported-transfer-encoding")
+                raise self._stop(RequestError(400, "unsupported-transfer-encoding"))
             self._chunked = True
             self._length = None
         elif lower == b"expect":
@@ -201,16 +205,16 @@ class RequestParser:
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
-            raise RequestError(400, "malformed-request")
+            raise self._stop(RequestError(400, "malformed-request"))
         if self._chunked and version == "1.0":
-            raise RequestError(400, "unsupported-transfer-encoding")
+            raise self._stop(RequestError(400, "unsupported-transfer-encoding"))
         method = parser.get_method()
         self._size += len(method) + 9
         if self._size > self._max_head:
-            raise RequestError(431, "request-head-too-large")
+            raise self._stop(RequestError(431, "request-head-too-large"))
         line = b"%s %s HTTP/%s" % (method, self._url, version.encode("ascii"))
         if line not in self._window:  # RFC 9112 §3: exactly one space between the parts
-            raise RequestError(400, "malformed-request")
+            raise self._stop(RequestError(400, "malformed-request"))
         self.in_head = False
         self._in_body = True
         upgrade = bool(parser.should_upgrade()) and method != b"CONNECT"
@@ -234,12 +238,17 @@ class RequestParser:
         self._receiver.request_end()
         if not keep_alive:
             self.finished = True
-            raise _Finished
+            raise self._stop(_Finished())
+
+    def _stop(self, signal: Exception) -> Exception:
+        # httptools wraps what a callback raises; feed() finds it here.
+        self._signal = signal
+        return signal
 
     def _grow(self, size: int) -> None:
         self._size += size
         if self._size > self._max_head:
-            raise RequestError(431, "request-head-too-large")
+            raise self._stop(RequestError(431, "request-head-too-large"))
 
 
 class _Finished(Exception):  # noqa: N818  (a signal, not an error)

@@ -374,7 +374,12 @@ class ServerProtocol(Protocol):
         assert parser is not None
         try:
             rest = parser.feed(data)
-        except h1.RequestError as error:
+        except Exception as unexpected:
+            if not isinstance(unexpected, h1.RequestError):
+                # A bug, never the client's doing: log it, answer as for a bad request.
+                log.failure("request handling failed peer={peer}", peer=_peer(self.transport))
+                unexpected = h1.RequestError(400, "malformed-request")
+            error = unexpected
             self._closing = True
             last = self._waiting[-1] if self._waiting else self._current
             if last is not None and not last.ended:
