@@ -515,3 +515,62 @@ def identity_from_der_checked(der: bytes) -> ClientIdentity:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         return ClientIdentity.from_der(der)
+
+
+# --------------------------------------------------------------------------
+# docs/headers.md: what Name.from_rfc4514_string gives back of X-Client-Subject
+# --------------------------------------------------------------------------
+
+def _round_trip(subject: bytes) -> str:
+    """"same" when from_rfc4514_string(header) gives the certificate's types and text values,
+    RDN by RDN; "differs"; or "raises"."""
+    from gateway.headers import dn_header_value
+    from gateway.identity import decode_value, read_name
+
+    header = dn_header_value(ClientIdentity.from_der(hostile(subject=subject)).subject)
+    original = [[(oid, decode_value(tag, content)) for oid, tag, content, _ in rdn]
+                for rdn in read_name(subject)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            parsed = x509.Name.from_rfc4514_string(header)
+    except ValueError:
+        return "raises"
+    back = [[(a.oid.dotted_string, a.value) for a in rdn] for rdn in parsed.rdns]
+    return "same" if back == original else "differs"
+
+
+ROUND_TRIPS = [
+    # all the names cryptography knows, text in every string type, specials, edge spaces
+    pytest.param(h.name(h.ava(h.C, h.PRINTABLE, b"DE"), h.ava("2.5.4.8", h.UTF8, "S"),
+                        h.ava(h.L, h.T61, b"M\xfcnchen"), h.ava(h.O, h.PRINTABLE, b"A & B"),
+                        h.ava(h.OU, h.BMP, "日本"), h.ava("0.9.2342.19200300.100.1.25", h.IA5,
+                                                      b"com"),
+                        h.ava(h.UID, h.UNIVERSAL, "u\U0001f600"),
+                        h.ava(h.CN, h.UTF8, ' #Zoë, "x" <y>; +z\\ ')), "same", id="text"),
+    pytest.param(h.name(h.ava(h.CN, h.UTF8, "x ")), "same", id="trailing-space-as-20"),
+    pytest.param(h.name(h.ava("1.2.840.113549.1.9.1", h.IA5, b"a@b")), "raises",
+                 id="emailAddress"),
+    pytest.param(h.name(h.ava("2.5.4.9", h.UTF8, "Main St")), "raises", id="street"),
+    pytest.param(h.name(h.ava("2.5.4.12", h.UTF8, "Dr")), "raises", id="title"),
+    pytest.param(h.name(h.ava(h.CN, h.UTF8, "")), "raises", id="empty-cn"),
+    pytest.param(h.name(h.ava(h.CN, h.UTF8, "a" * 65)), "raises", id="cn-over-64"),
+    pytest.param(h.name(h.rdn(h.ava(h.UID, h.UTF8, "a"), h.ava(h.CN, h.UTF8, "b"))), "differs",
+                 id="multi-valued-rdn"),
+    pytest.param(h.name(h.rdn(h.ava(h.CN, h.UTF8, "a"), h.ava(h.CN, h.UTF8, "a"))), "raises",
+                 id="repeated-ava"),
+    pytest.param(h.name(h.ava(h.CN, h.UTF8, "a"), h.rdn(), h.ava(h.O, h.UTF8, "b")), "differs",
+                 id="empty-rdn"),
+    pytest.param(h.name(h.ava("1.2.3.4.5", h.UTF8, "x")), "differs", id="unknown-type-hex"),
+    pytest.param(h.name(h.ava_raw(h.OU, h.tlv(h.SEQUENCE, h.tlv(h.INTEGER, b"\x05")))),
+                 "differs", id="sequence-hex"),
+    pytest.param(h.name(h.ava(h.X500_UNIQUE_IDENTIFIER, h.BIT_STRING, b"\x00\x01")), "raises",
+                 id="x500UniqueIdentifier-hex"),
+]
+
+
+@pytest.mark.parametrize(("subject", "outcome"), ROUND_TRIPS)
+def test_what_from_rfc4514_string_gives_back_is_as_docs_headers_md_says(
+    subject: bytes, outcome: str
+) -> None:
+    assert _round_trip(subject) == outcome
