@@ -143,19 +143,36 @@ def _load_key(location: Location, path: Path) -> object:
     return key
 
 
-def _load_crls(location: Location, path: Path) -> list[x509.CertificateRevocationList]:
+_CRL_BEGIN = b"-----BEGIN X509 CRL-----"
+
+
+def _load_crls(location: Location, path: Path) -> list[x509.CertificateRevocationList] | None:
+    """The CRLs in *path*, or ``None`` when cryptography refuses one that OpenSSL must read
+    itself (a CRL whose issuer name has ``&`` in a PrintableString, say): see :func:`_add_crls`.
+    """
     data = path.read_bytes()
-    blocks = [
-        b"-----BEGIN X509 CRL-----" + block
-        for block in data.split(b"-----BEGIN X509 CRL-----")[1:]
-    ]
-    try:
-        crls = [x509.load_pem_x509_crl(block) for block in blocks]
-    except ValueError as exc:
-        raise location.error(f"bad PEM CRL in {path} ({exc})") from None
-    if not crls:
+    blocks = [_CRL_BEGIN + block for block in data.split(_CRL_BEGIN)[1:]]
+    if not blocks:
         raise location.error(f"no PEM CRL in {path}")
-    return crls
+    try:
+        return [x509.load_pem_x509_crl(block) for block in blocks]
+    except ValueError as exc:
+        if _PEM_BEGIN in data:  # OpenSSL would load (and trust) the certificates too
+            raise location.error(f"bad PEM CRL in {path} ({exc})") from None
+        return None
+
+
+def _add_crls(store: crypto.X509Store, location: Location, path: Path) -> None:
+    crls = _load_crls(location, path)
+    try:
+        if crls is None:
+            # X509_load_cert_crl_file: OpenSSL's own parser, for a file holding only CRLs.
+            store.load_locations(str(path))
+        else:
+            for crl in crls:
+                store.add_crl(crl)
+    except _OPENSSL_ERRORS as exc:
+        raise location.error(f"OpenSSL refuses a CRL in {path}: {_openssl_reason(exc)}") from None
 
 
 _CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string
@@ -289,13 +306,7 @@ def build_context(
     store = context.get_cert_store()
     assert store is not None
     if settings.crl is not None:
-        crl_loc = loc.at("crl", str(settings.crl))
-        for crl in _load_crls(crl_loc, settings.crl):
-            try:
-                store.add_crl(crl)
-            except _OPENSSL_ERRORS as exc:
-                raise crl_loc.error(
-                    f"OpenSSL refuses a CRL in {settings.crl}: {_openssl_reason(exc)}") from None
+        _add_crls(store, loc.at("crl", str(settings.crl)), settings.crl)
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
 
     mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE

@@ -183,3 +183,19 @@ def openssl_verifies(der: bytes, chain: Sequence[bytes], ca_pem: Path, workdir: 
         args += ["-untrusted", str(untrusted)]
     result = subprocess.run([*args, str(leaf)], capture_output=True, text=True, check=False)
     return result.stdout + result.stderr
+
+
+def patch_crl(crl: x509.CertificateRevocationList, signing_key: Any, *, issuer: bytes) -> bytes:
+    """*crl* with its issuer name replaced by the DER *issuer*, signed again: the DER."""
+    parts = _children(crl.public_bytes(Encoding.DER))
+    fields = _children(parts[0])
+    # version, signature, issuer, thisUpdate, nextUpdate, revokedCertificates, [0] extensions
+    index = 2 if fields[0][:1] == b"\x02" else 1
+    fields[index] = issuer
+    tbs = tlv(SEQUENCE, b"".join(fields))
+    signature = signing_key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return tlv(SEQUENCE, tbs + parts[1] + tlv(BIT_STRING, b"\x00" + signature))
+
+
+def crl_pem(der: bytes) -> bytes:
+    return pem(der).replace(b"CERTIFICATE", b"X509 CRL")

@@ -309,3 +309,40 @@ def test_a_hostile_ca_in_client_ca_is_loaded_and_trusted(start_gateway, pki, ups
     assert status == 200
     seen = next(r for r in reversed(upstream.requests) if r.get("path") == "/hostile-root")
     assert headers_of(seen, "X-Client-Issuer") == ["CN=*root*,O=Smith & Jones"]
+
+
+def test_a_crl_from_a_hostile_ca_is_loaded_and_checked(start_gateway, pki, upstream, tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    ca_name = h.name(h.ava(h.O, h.PRINTABLE, b"R&D"), h.ava(h.CN, h.PRINTABLE, b"crl*ca"))
+    root = make_ca("placeholder crl root")
+    root_der = h.patch(root.certificate, root.key, subject=ca_name, issuer=ca_name)
+    bundle = tmp_path / "crl-ca.pem"
+    bundle.write_bytes(pki.root.cert_pem() + h.pem(root_der))
+    good_base, revoked_base = make_leaf(root, "alice"), make_leaf(root, "mallory")
+    good = _client(pki, "crl-good", h.patch(good_base.certificate, root.key, issuer=ca_name),
+                   good_base)
+    revoked = _client(pki, "crl-revoked", h.patch(revoked_base.certificate, root.key,
+                                                  issuer=ca_name), revoked_base)
+    now = datetime.datetime.now(datetime.UTC)
+    crl = (x509.CertificateRevocationListBuilder()
+           .issuer_name(root.certificate.subject)
+           .last_update(now - datetime.timedelta(hours=1))
+           .next_update(now + datetime.timedelta(days=1))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder()
+                                    .serial_number(revoked_base.certificate.serial_number)
+                                    .revocation_date(now - datetime.timedelta(hours=1)).build())
+           .sign(root.key, hashes.SHA256()))
+    crl_file = tmp_path / "hostile.crl"
+    crl_file.write_bytes(h.crl_pem(h.patch_crl(crl, root.key, issuer=ca_name)))
+    with pytest.raises(ValueError):  # what made the gateway refuse such a CRL file
+        x509.load_pem_x509_crl(crl_file.read_bytes())
+    gateway = start_gateway({"tls": {"client_ca": str(bundle), "crl": str(crl_file)},
+                             "authorizer:team": {"type": "any"}}, drop=("authorizer:team",))
+    assert https_request(gateway.port, client_context(pki.ca, good.cert, good.key))[0] == 200
+    with pytest.raises(Refused):
+        https_request(gateway.port, client_context(pki.ca, revoked.cert, revoked.key))
+    gateway.wait_log("verify_error=certificate revoked depth=0")
