@@ -227,10 +227,17 @@ def leaf_problem(der: bytes) -> str | None:
     clients present the same certificates.
     """
     try:
-        purposes = extended_key_usages(read_certificate(der))
-        # RFC 5280 §4.2.1.12: no EKU extension means any purpose
-        if purposes is not None and _CLIENT_AUTH not in purposes:
-            return "extended key usage does not allow clientAuth"
+        raw = read_certificate(der)
+    except Exception as exc:  # see names_unreadable
+        return names_unreadable(exc)
+    try:
+        purposes = extended_key_usages(raw)
+    except Exception as exc:  # a malformed EKU (OpenSSL refuses those first)
+        return f"extended key usage could not be read: {' '.join(str(exc).split())}"
+    # RFC 5280 §4.2.1.12: no EKU extension means any purpose
+    if purposes is not None and _CLIENT_AUTH not in purposes:
+        return "extended key usage does not allow clientAuth"
+    try:
         identity_from_der(der)
     except UnsafeNameError as exc:
         return str(exc)

@@ -252,11 +252,33 @@ def _weak_server(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def test_a_key_openssl_refuses_is_one_line_at_start_and_check_config(tmp_path, pki, upstream):
-    cert, key = _weak_server(tmp_path)
+def _small_curve_server(tmp_path: Path) -> tuple[Path, Path]:
+    """A server key on secp112r1, a curve cryptography does not support."""
+    cert, key = tmp_path / "curve.crt", tmp_path / "curve.key"
+    subprocess.run([h.OPENSSL, "ecparam", "-name", "secp112r1", "-genkey", "-noout",  # type: ignore[list-item]
+                    "-out", str(key)], capture_output=True, check=True)
+    subprocess.run([h.OPENSSL, "req", "-x509", "-key", str(key), "-subj", "/CN=localhost",  # type: ignore[list-item]
+                    "-days", "2", "-out", str(cert)], capture_output=True, check=True)
+    return cert, key
+
+
+@pytest.mark.parametrize(
+    ("make", "key", "problem"),
+    [
+        pytest.param(_weak_server, "certificate", "OpenSSL refuses {cert}: ee key too small",
+                     id="rsa-512"),
+        pytest.param(_small_curve_server, "private_key",
+                     "unsupported key in {key} (Curve 1.3.132.0.6 is not supported)",
+                     id="unsupported-curve"),
+    ],
+)
+def test_a_key_openssl_refuses_is_one_line_at_start_and_check_config(
+    tmp_path, pki, upstream, make, key, problem
+):
+    cert_file, key_file = make(tmp_path)
     sections = base_sections(pki, upstream.url)
     sections["gateway"]["listen"] = "tcp:0:interface=127.0.0.1"
-    sections["tls"].update({"certificate": str(cert), "private_key": str(key)})
+    sections["tls"].update({"certificate": str(cert_file), "private_key": str(key_file)})
     path = tmp_path / "gw.ini"
     path.write_text(render_ini(sections))
     process = run_twistd(path, None)
@@ -264,9 +286,9 @@ def test_a_key_openssl_refuses_is_one_line_at_start_and_check_config(tmp_path, p
     assert process.returncode != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith(f"mtlsgw: {path}: [tls] certificate = '{cert}': OpenSSL refuses "
-                               f"{cert}: "), lines[0]
-    assert "key too small" in lines[0]
+    value = cert_file if key == "certificate" else key_file
+    assert lines[0] == (f"mtlsgw: {path}: [tls] {key} = '{value}': "
+                        + problem.format(cert=cert_file, key=key_file)), lines[0]
     assert "Traceback" not in out + err
     check = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)],
                            capture_output=True, text=True, timeout=DEADLINE, check=False)
