@@ -159,7 +159,7 @@ def dn_header_value(dn: str) -> str:
     escaped space (``CN=x\\ ``) is written ``CN=x\\20`` (RFC 4514 §2.4 allows both), because
     HTTP strips trailing whitespace from field values (RFC 9110 §5.5)."""
     if dn.endswith("\\ ") and _escaped_last(dn):
-        return dn[:-2] + "\\20"
+        return _ascii_only(dn[:-2]) + "\\20"
     return _ascii_only(dn)
 
 

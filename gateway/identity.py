@@ -387,8 +387,7 @@ class ClientIdentity:
     def from_certificate(cls, certificate: x509.Certificate) -> ClientIdentity:
         """Build the identity of *certificate* (the verified leaf): :func:`identity_from_der`
         of its DER, keeping *certificate* itself as ``certificate``."""
-        identity = _from_der(certificate.public_bytes(Encoding.DER), certificate)
-        return identity
+        return _from_der(certificate.public_bytes(Encoding.DER), certificate)
 
     @classmethod
     def from_der(cls, der: bytes) -> ClientIdentity:
