@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -29,7 +29,7 @@ from gateway.config import Limits
 from gateway.http import h1
 from gateway.http.exchange import Exchange
 from gateway.http.stream import Header, RequestHead
-from gateway.identity import ClientIdentity, UnsafeNameError, identity_from_der
+from gateway.identity import ClientIdentity
 from gateway.logfmt import clean
 from gateway.tls import handshake_state
 
@@ -203,15 +203,13 @@ class ServerProtocol(Protocol):
         name = connection.get_servername()
         self.server_name = name.decode("ascii", "replace") if name else None
         if connection.get_peer_certificate() is not None:
-            chain = connection.get_verified_chain()
-            try:
-                if not chain:  # a certificate OpenSSL did not verify: cannot happen; fail closed
-                    raise ValueError("peer certificate present but not verified")
-                self.identity = identity_from_der(
-                    crypto.dump_certificate(crypto.FILETYPE_ASN1, chain[0]))
-            except (ValueError, UnsafeNameError) as exc:
-                log.warn("closing connection peer={peer}: {error}", peer=_peer(self.transport),
-                         error=clean(str(exc)))
+            # Read by the verify callback, which fails the handshake when it cannot be read.
+            self.identity = handshake_state(connection).identity
+            if self.identity is None or not connection.get_verified_chain():
+                # A certificate OpenSSL did not verify: cannot happen; fail closed.
+                self.identity = None
+                log.warn("closing connection peer={peer}: certificate not verified",
+                         peer=_peer(self.transport))
                 self.transport.abortConnection()
                 return
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
