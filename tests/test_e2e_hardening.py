@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from h2.errors import ErrorCodes
 from harness import (
+    DEADLINE,
     client_context,
     parse_responses,
     raw_exchange,
@@ -183,3 +185,29 @@ def test_a_closed_socket_after_refusal_frees_the_descriptor(start_gateway, alice
             tls.close()
 
 
+
+
+def test_a_slow_client_still_reading_a_closed_response_is_not_cut_off(start_gateway, alice):
+    # Connection: close after a large response: the gateway has handed the last bytes to the
+    # kernel long before a slow client has read them; the close grace waits while it reads.
+    gateway = start_gateway()
+    size = 12 * 1024 * 1024
+    received = 0
+    with tls_connect(gateway.port, alice) as tls:
+        tls.sendall(b"GET /download/%d HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                    % size)
+        tls.settimeout(DEADLINE)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += tls.recv(65536)
+        received = len(head.partition(b"\r\n\r\n")[2])
+        while True:
+            try:
+                chunk = tls.recv(65536)
+            except (ConnectionResetError, ssl.SSLError):
+                break
+            if not chunk:
+                break
+            received += len(chunk)
+            time.sleep(0.03)  # about 2 MB/s: several grace periods' worth of reading
+    assert received == size

@@ -12,6 +12,9 @@ answered in order) or hands the connection to :class:`~gateway.http.h2.H2Session
 
 from __future__ import annotations
 
+import fcntl
+import sys
+import termios
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +40,7 @@ log = Logger(namespace="mtlsgw.tls")
 
 # Seconds a connection the gateway closed (TLS close_notify sent) may wait for the client to close
 # its side before it is dropped, so that a client that never does cannot hold a connection slot.
+# While the client is still reading what was sent before the close, the wait starts again.
 CLOSE_GRACE = 5.0
 
 
@@ -115,6 +119,17 @@ def _ssl_reason(reason: Failure) -> str:
     return reason.getErrorMessage() or type(error).__name__
 
 
+def _unsent(transport: Any) -> int:
+    """Bytes still queued in the kernel for the client (Linux ``TIOCOUTQ``), 0 if unknown."""
+    lower = getattr(transport, "transport", transport)  # below TLS: the TCP transport
+    try:
+        handle = lower.getHandle()
+        queued = fcntl.ioctl(handle.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return int.from_bytes(queued, sys.byteorder)
+
+
 def refusal(status: int, reason: str) -> bytes:
     """The body of a response the gateway writes itself: ``<code> <phrase>: <reason>\\n``."""
     return b"%d %s: %s\n" % (status, h1.reason_phrase(status), clean(reason).encode("ascii"))
@@ -149,6 +164,7 @@ class ServerProtocol(Protocol):
         self._gone = False
         self._stopped = False  # closing: nothing more is read or answered
         self._closed = False  # close() was called
+        self._unsent = 0  # bytes still in the socket's send queue at the last grace check
         self._write_paused = False
         self._read_paused = False
         self._takeover: Callable[[bytes], None] | None = None  # an upgraded connection's reader
@@ -284,7 +300,15 @@ class ServerProtocol(Protocol):
             self._closed = True
             self.transport.unregisterProducer()
             self.transport.loseConnection()
-            self._set_deadline(CLOSE_GRACE, self.abort)
+            self._set_deadline(CLOSE_GRACE, self._close_expired)
+
+    def _close_expired(self) -> None:
+        unsent = _unsent(self.transport)
+        if unsent and unsent != self._unsent:  # the client still reads the response: wait
+            self._unsent = unsent
+            self._set_deadline(CLOSE_GRACE, self._close_expired)
+        else:
+            self.abort()
 
     @property
     def busy(self) -> bool:
