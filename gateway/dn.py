@@ -44,13 +44,13 @@ OpenSSL would print its short name and the string value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type
 
-__all__ = ["format_name"]
+__all__ = ["RawAttribute", "format_name", "format_rdns"]
 
 # OID (dotted) -> OpenSSL short name, as OBJ_nid2sn() returns it.  Extracted
 # from ``openssl list -objects`` (OpenSSL 3.0); every entry is checked
@@ -217,6 +217,11 @@ _CHAR_WIDTH: Final[Mapping[int, int]] = {
 _BACKSLASH_ESCAPED: Final = frozenset(b',+"\\<>;')
 
 
+# One attribute-value assertion as read from the DER: (dotted OID, universal tag number of the
+# value or -1 for any other class, the value's content octets, the value's whole DER TLV).
+RawAttribute = tuple[str, int, bytes, bytes]
+
+
 def format_name(name: x509.Name) -> str:
     """Format a distinguished name the way OpenSSL's XN_FLAG_RFC2253 does.
 
@@ -237,10 +242,28 @@ def format_name(name: x509.Name) -> str:
     This function never raises for a Name that cryptography parsed from a
     certificate, CSR or CRL; hand-built names with values cryptography
     would never produce (lone surrogates, say) are formatted too, not
-    rejected.
+    rejected.  :func:`format_rdns` formats a name read from the DER
+    directly (``gateway.identity`` does that, for names cryptography refuses).
+    """
+    rdns = []
+    for rdn in name.rdns:
+        attributes = []
+        for attribute in rdn:
+            tag = attribute._type.value
+            content = _content_octets(attribute.value, tag)
+            tlv = _der_header(tag, len(content)) + content
+            attributes.append((attribute.oid.dotted_string, tag, content, tlv))
+        rdns.append(attributes)
+    return format_rdns(rdns)
+
+
+def format_rdns(rdns: Sequence[Sequence[RawAttribute]]) -> str:
+    """:func:`format_name` of a name given as its RDNs in encoding order, each a sequence of
+    :data:`RawAttribute` in encoding order (which need not be DER SET order: OpenSSL prints the
+    AVAs of a multi-valued RDN as they are encoded, reversed). An empty RDN prints nothing.
     """
     entries = [
-        (set_index, attribute) for set_index, rdn in enumerate(name.rdns) for attribute in rdn
+        (set_index, attribute) for set_index, rdn in enumerate(rdns) for attribute in rdn
     ]
     entries.reverse()
 
@@ -254,20 +277,29 @@ def format_name(name: x509.Name) -> str:
     return "".join(parts)
 
 
-def _format_attribute(attribute: x509.NameAttribute[str | bytes]) -> str:
+def _format_attribute(attribute: RawAttribute) -> str:
     """Return ``type=value`` for one AVA."""
-    tag = attribute._type.value
-    content = _content_octets(attribute.value, tag)
-    short_name = _SHORT_NAMES.get(attribute.oid.dotted_string)
+    oid, tag, content, tlv = attribute
+    short_name = _SHORT_NAMES.get(oid)
     if short_name is None:
         # XN_FLAG_DUMP_UNKNOWN_FIELDS: unknown type -> dotted OID + DER dump.
-        oid_text = attribute.oid.dotted_string[:_MAX_OID_TEXT]
-        return f"{oid_text}={_dump(tag, content)}"
+        return f"{oid[:_MAX_OID_TEXT]}={_dump(tag, content, tlv)}"
     width = _CHAR_WIDTH.get(tag)
     if width is None:
         # ASN1_STRFLGS_DUMP_UNKNOWN: not a string type -> DER dump.
-        return f"{short_name}={_dump(tag, content)}"
+        return f"{short_name}={_dump(tag, content, tlv)}"
     return f"{short_name}={_escape(content, width)}"
+
+
+def char_width(tag: int) -> int | None:
+    """Bytes per character OpenSSL reads for universal string *tag* (0: UTF-8), or ``None`` for a
+    tag that is not a string type (its value is printed as ``#`` + hex DER)."""
+    return _CHAR_WIDTH.get(tag)
+
+
+def is_known_type(oid: str) -> bool:
+    """True if OpenSSL prints attribute type *oid* by a short name (and decodes its value)."""
+    return oid in _SHORT_NAMES
 
 
 def _content_octets(value: str | bytes, tag: int) -> bytes:
@@ -340,10 +372,17 @@ def _escape_byte(byte: int, *, is_first: bool, is_last: bool) -> str:
     return chr(byte)
 
 
-def _dump(tag: int, content: bytes) -> str:
-    """Return ``#`` + uppercase hex of the value's DER TLV (do_dump())."""
+def _dump(tag: int, content: bytes, tlv: bytes) -> str:
+    """Return ``#`` + uppercase hex of the value's DER TLV (do_dump()).
+
+    A universal primitive value is re-encoded from its tag and content, as OpenSSL's
+    ``i2d_ASN1_TYPE`` does; anything else (a SEQUENCE, which OpenSSL keeps in its encoded form)
+    is printed as it was encoded.
+    """
     if tag == _ASN1Type.BitString.value:
         content = _normalise_bit_string(content)
+    elif tag < 0 or tag == 0x10 or (tlv[:1] and tlv[0] & 0x20):
+        return "#" + tlv.hex().upper()
     return "#" + (_der_header(tag, len(content)) + content).hex().upper()
 
 

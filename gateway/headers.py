@@ -19,7 +19,7 @@ Two rules make the identity headers trustworthy for the upstream (docs/headers.m
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from urllib.parse import quote
 
 from gateway.config import HeaderSettings
@@ -114,17 +114,19 @@ def identity_values(
 ) -> tuple[Header, ...]:
     """The identity headers for *identity* (``None``: connection without a certificate).
 
-    Returns ``(name, value)`` pairs with the configured prefix; a header whose value would be empty
-    (no SAN of that type) is left out. Dates are RFC 3339 UTC (``2026-01-31T12:00:00Z``).
+    Returns ``(name, value)`` pairs with the configured prefix. A list header with no item (no SAN
+    of that type, no CN) and an empty subject or issuer are left out; a list of one empty item
+    (``CN=``) is sent as an empty header. Dates are RFC 3339 UTC (``2026-01-31T12:00:00Z``).
     Cached: a keep-alive connection's requests share one computation.
     """
+    fields: list[tuple[str, str | None]]
     if identity is None:
         fields = [(VERIFY, "NONE")]
     else:
         fields = [
             (VERIFY, "SUCCESS"),
-            (SUBJECT, _ascii_only(identity.subject)),
-            (ISSUER, _ascii_only(identity.issuer)),
+            (SUBJECT, dn_header_value(identity.subject) or None),
+            (ISSUER, dn_header_value(identity.issuer) or None),
             (CN, _join(identity.common_names)),
             (SERIAL, identity.serial),
             (FINGERPRINT, identity.fingerprint_sha256),
@@ -139,12 +141,32 @@ def identity_values(
             fields.append((CERT, quote(identity.pem, safe="")))
     prefix = settings.prefix
     return tuple(
-        ((prefix + name).encode("ascii"), value.encode("ascii")) for name, value in fields if value
+        ((prefix + name).encode("ascii"), value.encode("ascii"))
+        for name, value in fields if value is not None
     )
 
 
-def _join(values: Iterable[str]) -> str:
+def _join(values: Sequence[str]) -> str | None:
+    """The list header value of *values*; ``None`` (no header) when there are none. One empty
+    value gives an empty header (``[""]``, not ``[]``)."""
+    if not values:
+        return None
     return ",".join(escape_value(v) for v in values)
+
+
+def dn_header_value(dn: str) -> str:
+    """An RFC 4514 string as written into a header: as OpenSSL prints it, except that a trailing
+    escaped space (``CN=x\\ ``) is written ``CN=x\\20`` (RFC 4514 §2.4 allows both), because
+    HTTP strips trailing whitespace from field values (RFC 9110 §5.5)."""
+    if dn.endswith("\\ ") and _escaped_last(dn):
+        return _ascii_only(dn[:-2]) + "\\20"
+    return _ascii_only(dn)
+
+
+def _escaped_last(dn: str) -> bool:
+    # The final space is escaped when an odd number of backslashes precede it.
+    body = dn[:-1]
+    return (len(body) - len(body.rstrip("\\"))) % 2 == 1
 
 
 def _ascii_only(text: str) -> str:

@@ -286,7 +286,8 @@ class GatewayService(MultiService):
     def _abort_all(self) -> None:
         for factory in self.factories.values():
             for channel in list(factory.connections):
-                log.warn("drain timeout: aborting connection with a request in flight")
+                if channel.busy:
+                    log.warn("drain timeout: aborting connection with a request in flight")
                 channel.abort()
 
     def reload(self) -> bool:

@@ -12,12 +12,15 @@ configured). The verify callback only adds checks: it never turns a failure into
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -28,7 +31,13 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from gateway.config import Location, TLSSettings
-from gateway.identity import UnsafeNameError, check_names
+from gateway.identity import (
+    ClientIdentity,
+    UnsafeNameError,
+    extended_key_usages,
+    identity_from_der,
+    read_certificate,
+)
 
 # Modern AEAD suites for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults).
 _TLS12_CIPHERS = (
@@ -56,6 +65,8 @@ class HandshakeState:
     """What the verify callback learned about one connection (see :func:`handshake_state`)."""
 
     first_error: VerifyError | None = None
+    # The verified leaf's identity, read by the verify callback at depth 0.
+    identity: ClientIdentity | None = None
 
     def record(self, depth: int, code: int, reason: str) -> None:
         """Keep the first failure only: later ones are usually consequences of it."""
@@ -69,17 +80,49 @@ def verify_error_string(code: int) -> str:
     return text.decode("ascii", "replace")
 
 
-def load_certificates(location: Location, path: Path) -> list[x509.Certificate]:
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_PEM_END = b"-----END CERTIFICATE-----"
+
+Certificate = x509.Certificate | crypto.X509
+
+
+def load_certificates(location: Location, path: Path) -> list[Certificate]:
     """All PEM certificates in *path*, in file order.
 
-    Raises :class:`ConfigError` at *location* when the file holds none or does not parse.
+    A certificate that ``cryptography``'s stricter parser refuses but OpenSSL reads (a CA whose
+    name has ``*`` or ``&`` in a PrintableString, say) is kept as OpenSSL's (pyOpenSSL) object:
+    OpenSSL verifies against it. Raises :class:`ConfigError` at *location* when the file holds none
+    or one does not parse.
     """
     data = path.read_bytes()
-    try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise location.error(f"no PEM certificate in {path} ({exc})") from None
+    certificates: list[Certificate] = []
+    for index, block in enumerate(data.split(_PEM_BEGIN)[1:], 1):
+        pem = _PEM_BEGIN + block.split(_PEM_END, 1)[0] + _PEM_END + b"\n"
+        try:
+            certificates.append(x509.load_pem_x509_certificate(pem))
+            continue
+        except ValueError as exc:
+            refused = exc
+        try:
+            certificates.append(crypto.load_certificate(crypto.FILETYPE_PEM, pem))
+        except (crypto.Error, ValueError):
+            raise location.error(
+                f"certificate {index} in {path} does not parse ({refused})") from None
+    if not certificates:
+        raise location.error(f"no PEM certificate in {path}")
     return certificates
+
+
+def _openssl_reason(exc: BaseException) -> str:
+    """The text of an OpenSSL error (its reason strings), or of any other exception."""
+    if isinstance(exc, SSL.Error | crypto.Error) and exc.args and isinstance(exc.args[0], list):
+        parts = [str(entry[-1]) for entry in exc.args[0] if entry and entry[-1]]
+        if parts:
+            return "; ".join(parts)
+    return str(exc) or type(exc).__name__
+
+
+_OPENSSL_ERRORS = (SSL.Error, crypto.Error, ValueError, TypeError)
 
 
 def _load_key(location: Location, path: Path) -> object:
@@ -87,6 +130,8 @@ def _load_key(location: Location, path: Path) -> object:
         key = load_pem_private_key(path.read_bytes(), password=None)
     except TypeError:
         raise location.error(f"{path} is encrypted; give an unencrypted PEM key") from None
+    except UnsupportedAlgorithm as exc:
+        raise location.error(f"unsupported key in {path} ({exc})") from None
     except ValueError as exc:
         raise location.error(f"no usable PEM private key in {path} ({exc})") from None
     if not isinstance(
@@ -98,27 +143,39 @@ def _load_key(location: Location, path: Path) -> object:
     return key
 
 
-def _load_crls(location: Location, path: Path) -> list[x509.CertificateRevocationList]:
+_CRL_BEGIN = b"-----BEGIN X509 CRL-----"
+
+
+def _load_crls(location: Location, path: Path) -> list[x509.CertificateRevocationList] | None:
+    """The CRLs in *path*, or ``None`` when cryptography refuses one that OpenSSL must read
+    itself (a CRL whose issuer name has ``&`` in a PrintableString, say): see :func:`_add_crls`.
+    """
     data = path.read_bytes()
-    blocks = [
-        b"-----BEGIN X509 CRL-----" + block
-        for block in data.split(b"-----BEGIN X509 CRL-----")[1:]
-    ]
-    try:
-        crls = [x509.load_pem_x509_crl(block) for block in blocks]
-    except ValueError as exc:
-        raise location.error(f"bad PEM CRL in {path} ({exc})") from None
-    if not crls:
+    blocks = [_CRL_BEGIN + block for block in data.split(_CRL_BEGIN)[1:]]
+    if not blocks:
         raise location.error(f"no PEM CRL in {path}")
-    return crls
-
-
-def _leaf_allows_client_auth(certificate: x509.Certificate) -> bool:
     try:
-        eku = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return True  # RFC 5280 §4.2.1.12: no EKU extension means any purpose
-    return ExtendedKeyUsageOID.CLIENT_AUTH in eku
+        return [x509.load_pem_x509_crl(block) for block in blocks]
+    except ValueError as exc:
+        if _PEM_BEGIN in data:  # OpenSSL would load (and trust) the certificates too
+            raise location.error(f"bad PEM CRL in {path} ({exc})") from None
+        return None
+
+
+def _add_crls(store: crypto.X509Store, location: Location, path: Path) -> None:
+    crls = _load_crls(location, path)
+    try:
+        if crls is None:
+            # X509_load_cert_crl_file: OpenSSL's own parser, for a file holding only CRLs.
+            store.load_locations(str(path))
+        else:
+            for crl in crls:
+                store.add_crl(crl)
+    except _OPENSSL_ERRORS as exc:
+        raise location.error(f"OpenSSL refuses a CRL in {path}: {_openssl_reason(exc)}") from None
+
+
+_CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string
 
 
 def verify_callback(
@@ -128,34 +185,64 @@ def verify_callback(
 
     Returns ``ok and <extra checks>``; records the first failure (depth and reason) in the
     connection's :class:`HandshakeState` for the audit log. Extra checks on the leaf (depth 0): the
-    EKU allows ``clientAuth`` (RFC 5280 §4.2.1.12) and no name carries a control character.
+    EKU allows ``clientAuth`` (RFC 5280 §4.2.1.12), no name carries a control character, and the
+    identity (subject, issuer, SANs, serial) can be read; the identity read is kept in the state.
+    Nothing raises out of it: an exception escaping a verify callback would abort the handshake
+    with a traceback instead of a verification failure.
     """
-    state = handshake_state(connection)
+    try:
+        state = handshake_state(connection)
+    except TypeError:
+        return False  # not our connection: cannot record, fail closed
     if not ok:
         state.record(depth, code, verify_error_string(code))
         return False
     if depth != 0:
         return True
-    problem = leaf_problem(crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate))
+    try:
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate)
+        problem = leaf_problem(der)
+        if problem is None:
+            state.identity = identity_from_der(der)
+    except Exception as exc:  # any failure to read it is a verification failure
+        problem = names_unreadable(exc)
     if problem is not None:
         state.record(depth, _GATEWAY_REJECTED, problem)
         return False
     return True
 
 
+def names_unreadable(exc: BaseException) -> str:
+    """The verify error for a leaf whose identity could not be read (one line)."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return f"certificate names could not be read: {detail}"
+
+
 @functools.lru_cache(maxsize=4096)
 def leaf_problem(der: bytes) -> str | None:
     """Why the gateway refuses the (OpenSSL-verified) leaf certificate *der*, or ``None``.
 
-    Cached by the certificate's bytes: reconnecting clients present the same certificates.
+    Never raises: a certificate whose names cannot be read gets
+    ``certificate names could not be read: ...``. Cached by the certificate's bytes: reconnecting
+    clients present the same certificates.
     """
-    leaf = x509.load_der_x509_certificate(der)
-    if not _leaf_allows_client_auth(leaf):
+    try:
+        raw = read_certificate(der)
+    except Exception as exc:  # see names_unreadable
+        return names_unreadable(exc)
+    try:
+        purposes = extended_key_usages(raw)
+    except Exception as exc:  # a malformed EKU (OpenSSL refuses those first)
+        return f"extended key usage could not be read: {' '.join(str(exc).split())}"
+    # RFC 5280 §4.2.1.12: no EKU extension means any purpose
+    if purposes is not None and _CLIENT_AUTH not in purposes:
         return "extended key usage does not allow clientAuth"
     try:
-        check_names(leaf)
+        identity_from_der(der)
     except UnsafeNameError as exc:
         return str(exc)
+    except Exception as exc:  # see names_unreadable
+        return names_unreadable(exc)
     return None
 
 
@@ -167,7 +254,8 @@ def build_context(
 
     Raises :class:`ConfigError` naming ``[tls]`` and the key for: a certificate file without a
     certificate, a key that does not parse or does not match the certificate, a ``client_ca`` file
-    without a certificate, a bad CRL file.
+    without a certificate, a bad CRL file, and anything OpenSSL refuses while the context is built
+    (``ee key too small``, ``ca md too weak``, an unsupported curve, ...): never a traceback.
 
     Choices (docs/configuration.md): TLS ``min_version`` and up, AEAD ciphers, no compression, no
     renegotiation, no session resumption (no tickets, no cache), so every connection runs full
@@ -194,24 +282,38 @@ def build_context(
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_session_id(_SESSION_ID_CONTEXT)
 
-    context.use_certificate(chain[0])
-    for extra in chain[1:]:
-        context.add_extra_chain_cert(extra)
+    # Every OpenSSL refusal below (a key too small for the security level, an unsupported curve,
+    # a weak signature, a bad CA or CRL file) becomes the one-line error of its key.
+    cert_loc = loc.at("certificate", str(settings.certificate))
+    with _quiet():
+        try:
+            context.use_certificate(chain[0])
+            for extra in chain[1:]:
+                context.add_extra_chain_cert(extra)
+        except _OPENSSL_ERRORS as exc:
+            raise cert_loc.error(
+                f"OpenSSL refuses {settings.certificate}: {_openssl_reason(exc)}") from None
     try:
         context.use_privatekey(key)  # type: ignore[arg-type]
         context.check_privatekey()
-    except SSL.Error:
+    except _OPENSSL_ERRORS:
+        # OpenSSL says "key values mismatch" or "no certificate assigned" (another key type).
         raise key_loc.error(
             f"private key does not match the certificate in {settings.certificate}") from None
 
-    context.load_verify_locations(str(settings.client_ca))
-    for anchor in anchors:
-        context.add_client_ca(anchor)
+    ca_loc = loc.at("client_ca", str(settings.client_ca))
+    with _quiet():
+        try:
+            context.load_verify_locations(str(settings.client_ca))
+            for anchor in anchors:
+                context.add_client_ca(anchor)
+        except _OPENSSL_ERRORS as exc:
+            raise ca_loc.error(
+                f"OpenSSL refuses {settings.client_ca}: {_openssl_reason(exc)}") from None
     store = context.get_cert_store()
     assert store is not None
     if settings.crl is not None:
-        for crl in _load_crls(loc.at("crl", str(settings.crl)), settings.crl):
-            store.add_crl(crl)
+        _add_crls(store, loc.at("crl", str(settings.crl)), settings.crl)
         store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
 
     mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
@@ -230,6 +332,15 @@ def build_context(
 
     context.set_alpn_select_callback(select)
     return context
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # pyOpenSSL warns that its own X509 objects are deprecated; load_certificates hands it one
+    # only for a certificate cryptography cannot read.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 @implementer(IOpenSSLServerConnectionCreator)

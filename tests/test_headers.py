@@ -394,3 +394,40 @@ def test_identity_values_are_printable_ascii_for_hostile_certificates(
         assert b"\r" not in value and b"\n" not in value
     cn_value = as_dict(identity_values(identity, settings))[b"X-Client-CN"]
     assert unquote(cn_value.decode("ascii")) == cn
+
+
+# --------------------------------------------------------------------------
+# issue 8: empty list items, a trailing escaped space in a DN
+# --------------------------------------------------------------------------
+
+
+def test_a_lone_empty_cn_is_sent_as_an_empty_header_not_left_out() -> None:
+    import attrs as _attrs
+
+    identity = _attrs.evolve(identity_of("alice"), common_names=("",), dns_names=("",))
+    values = as_dict(identity_values(identity, DEFAULT))
+    assert values[b"X-Client-CN"] == b""
+    assert values[b"X-Client-SAN-DNS"] == b""
+    assert b"X-Client-SAN-URI" not in values  # no URI SAN at all: still left out
+
+
+@pytest.mark.parametrize(
+    ("dn", "header"),
+    [
+        pytest.param("CN=x\\ ", "CN=x\\20", id="trailing-escaped-space"),
+        pytest.param("CN=\\ ", "CN=\\20", id="lone-space"),
+        pytest.param("CN=x\\\\\\ ", "CN=x\\\\\\20", id="escaped-backslash-then-space"),
+        pytest.param("CN=x\\ ,O=y", "CN=x\\ ,O=y", id="inner-rdn-kept"),
+        pytest.param("CN=x", "CN=x", id="plain"),
+    ],
+)
+def test_a_dn_ending_in_an_escaped_space_ends_in_backslash_20(dn: str, header: str) -> None:
+    import attrs as _attrs
+
+    from gateway.headers import dn_header_value
+
+    assert dn_header_value(dn) == header
+    identity = _attrs.evolve(identity_of("alice"), subject=dn, issuer=dn)
+    values = as_dict(identity_values(identity, DEFAULT))
+    assert values[b"X-Client-Subject"] == header.encode("ascii")
+    assert values[b"X-Client-Issuer"] == header.encode("ascii")

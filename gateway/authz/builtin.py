@@ -41,14 +41,16 @@ def _required_list(options: Options, key: str) -> list[str]:
 class CNAuthorizer:
     """Allows a certificate whose subject has exactly one CN, equal (case-sensitively) to one of
     ``allowed``. A subject with several CNs is denied (``cn-multiple``): which one an
-    application reads would be ambiguous."""
+    application reads would be ambiguous. A CN value that cannot be decoded as text (a BIT STRING
+    or SEQUENCE where a string belongs) never matches, and counts as one of several."""
 
     allowed: frozenset[str]
 
     def authorize(self, identity: ClientIdentity | None, request: RequestInfo) -> Decision:
         if identity is None:
             return NO_CERTIFICATE
-        if len(identity.common_names) > 1:
+        # A CN that could not be decoded (identity.undecoded) counts, but never matches.
+        if len(identity.common_names) + identity.undecoded.count("CN") > 1:
             return Decision.deny("cn-multiple")
         if identity.common_names and identity.common_names[0] in self.allowed:
             return Decision.allow("cn-allowed")

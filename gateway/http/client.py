@@ -78,6 +78,9 @@ class UpstreamConnection(Protocol):
     def connectionMade(self) -> None:  # noqa: N802
         self.connected_at_least_once = True
         self.transport.registerProducer(self, True)
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:  # a request goes out in one write; never wait to coalesce
+            nodelay(True)
         self.upstream.sweep.items.add(self)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802

@@ -18,6 +18,7 @@ complete one.
 from __future__ import annotations
 
 import functools
+import re
 import time
 from typing import Any
 
@@ -38,6 +39,10 @@ from gateway.target import check_request, host_name
 access_log = Logger(namespace="mtlsgw.access")
 
 _REFUSAL_HEADERS = [(b"Content-Type", b"text/plain; charset=utf-8")]
+# Control characters other than HTAB (RFC 9110 §5.5): HTTP/1.1's parser refuses them in values;
+# HTTP/2 forbids only NUL, CR and LF (RFC 9113 §8.2.1), so they are refused here.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+MAX_INFORMATIONAL = 8  # 1xx responses relayed per request; more are dropped
 _BODILESS = (204, 304)
 
 
@@ -85,6 +90,7 @@ class Exchange:
         self._held: list[bytes] = []  # body bytes before the upstream request exists
         self._paused = False
         self._relay: Any = None  # a WebSocket upgrade's relay
+        self._informational = 0  # 1xx responses relayed
 
     # -- request side ---------------------------------------------------------------------------
 
@@ -219,7 +225,8 @@ class Exchange:
         headers += framing
         # HTTP/1.1 names passed the parser's token check; HTTP/2 allows more (RFC 9113 §8.2.1
         # keeps only controls, upper case and ":" out); h2 has checked the values.
-        if head.version == b"HTTP/2" and not all(_is_token(n) for n, _ in head.headers):
+        if head.version == b"HTTP/2" and not all(
+                _is_token(n) and not _CONTROL.search(v) for n, v in head.headers):
             self.respond_locally(400, "malformed-request")
             return
         request_head = b"".join([b"%s %s HTTP/1.1\r\n" % (head.method, target),
@@ -235,7 +242,8 @@ class Exchange:
     # -- upstream side ---------------------------------------------------------------------------
 
     def upstream_informational(self, status: int, headers: list[Header]) -> None:
-        if not self.finished and status != 100:
+        if not self.finished and status != 100 and self._informational < MAX_INFORMATIONAL:
+            self._informational += 1
             self.stream.send_informational(status, without_hop_by_hop(headers))
 
     def upstream_head(self, status: int, headers: list[Header], length: int | None) -> None:
@@ -244,6 +252,11 @@ class Exchange:
             return
         self.status = status
         body = self.head.method != b"HEAD" and status not in _BODILESS
+        if status == 204:
+            length = None  # RFC 9110 §8.6: never a Content-Length on a 204
+        if not self.body_complete:
+            # The upstream answers before the client finished sending: close after this.
+            self.stream.close_after_response()
         self.stream.send_head(status, without_hop_by_hop(headers), length, body)
         if not body:
             return

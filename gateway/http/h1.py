@@ -22,6 +22,12 @@ and as docs/configuration.md lists:
 * a line ending in a bare LF: 400 ``malformed-request`` at once (never a wait for more).
 
 Trailer fields after a chunked body are read and dropped.
+
+Upgrades: llhttp stops at the end of any head with ``Connection: upgrade`` and ``Upgrade``. Only
+a WebSocket opening handshake (``GET`` without a body, ``Upgrade: websocket``) is one for the
+gateway (``RequestHead.upgrade``); for any other (``Upgrade: h2c`` from curl, a ``POST`` with a
+body) the parser goes on as for a plain request: the body is read by its framing and the next
+request follows, and ``Upgrade`` is dropped as the hop-by-hop header it is.
 """
 
 from __future__ import annotations
@@ -93,7 +99,10 @@ class RequestParser:
         self.in_head = False  # between a request's first byte and the end of its head
         self.finished = False
         self._in_body = False
-        self._line = b""  # the start of a request line not yet complete
+        self._window = b""  # the bytes of the current feed (and a head begun before it)
+        self._resume = False  # an upgrade head that is not one: parse on after llhttp stops
+        self._synthetic = False  # parsing the stand-in head that resumes the body
+        self._signal: Exception | None = None  # what a callback raised to stop llhttp
         self._new_message()
 
     def _new_message(self) -> None:
@@ -109,69 +118,78 @@ class RequestParser:
         """Parse *data*; see the class docstring."""
         if self.finished:
             return None
-        if not self.in_head and not self._in_body:
-            self._check_request_line(data)
+        self._window = self._window + data if self.in_head else data
+        self._signal = None
+        rest: bytes | None = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self.finished = True
-            return data[upgrade.args[0]:]
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, RequestError):
-                raise exc.__context__ from None
-            if isinstance(exc.__context__, _Finished):
+            rest = data[upgrade.args[0]:]
+            if not self._resume:
+                self.finished = True
+                return rest
+        except httptools.HttpParserCallbackError:
+            if isinstance(self._signal, RequestError):
+                raise self._signal from None
+            if isinstance(self._signal, _Finished):
                 return b""
-            raise
+            raise  # a receiver's own error: the caller logs it
         except httptools.HttpParserError as exc:
             if self.finished:
                 return b""  # bytes after a request that ends the connection: ignored
             raise _framing_error(str(exc), data) from None
+        if rest is not None:  # an upgrade head that is not one: read on (outside the handler)
+            return self._resume_body(rest)
         if self.in_head:
             # llhttp holds a partial header line itself, out of our sight: bound the bytes a
             # head may take (counted generously: all of a read in which a head began).
             self._raw += len(data)
             if self._raw > 2 * self._max_head + 2 * self._max_headers + 65536:
                 raise RequestError(431, "request-head-too-large")
+        else:
+            self._window = b""
         return None
 
-    def _check_request_line(self, data: bytes) -> None:
-        # llhttp (as httptools builds it) takes several spaces between the parts of the request
-        # line; RFC 9112 §3 allows exactly one. Checked for the request that starts a read.
-        line = (self._line + data).lstrip(b"\r\n")
-        end = line.find(b"\n")
-        if end < 0:
-            self._line = line[: self._max_head + 2]
-            return
-        self._line = b""
-        parts = line[:end].rstrip(b"\r").split(b" ")
-        if len(parts) != 3 or not all(parts):
-            raise RequestError(400, "malformed-request")
+    def _resume_body(self, rest: bytes) -> bytes | None:
+        """llhttp stopped after a head that asked for an upgrade the gateway does not make: a
+        new parser reads on, primed with a stand-in head carrying the same body framing."""
+        self._resume = False
+        self._parser = httptools.HttpRequestParser(self)
+        framing = (b"Transfer-Encoding: chunked" if self._chunked
+                   else b"Content-Length: %d" % (self._length or 0))
+        self._synthetic = True
+        self.in_head = self._in_body = False
+        return self.feed(b"PUT / HTTP/1.1\r\n" + framing + b"\r\n\r\n" + rest)
 
     # -- httptools callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._synthetic:
+            return
         self._new_message()
         self.in_head = True
 
     def on_url(self, url: bytes) -> None:
+        if self._synthetic:
+            return
         self._url += url
         self._grow(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_body:
+        if self._in_body or self._synthetic:
             return  # a trailer field: dropped
         self._grow(len(name) + len(value) + 2)
         if len(self._headers) >= self._max_headers:
-            raise RequestError(431, "request-head-too-large")
+            raise self._stop(RequestError(431, "request-head-too-large"))
         lower = name.lower()
         if lower == b"content-length":
             value = value.strip(b" \t")
             if not value.isdigit() or int(value) > MAX_CONTENT_LENGTH:
-                raise RequestError(400, "malformed-request")
+                raise self._stop(RequestError(400, "malformed-request"))
             self._length = int(value)
         elif lower == b"transfer-encoding":
             if self._chunked or value.strip(b" \t").lower() != b"chunked":
-                raise RequestError(400, "unsupported-transfer-encoding")
+                raise self._stop(RequestError(400, "unsupported-transfer-encoding"))
             self._chunked = True
             self._length = None
         elif lower == b"expect":
@@ -180,40 +198,57 @@ class RequestParser:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._synthetic:
+            self._synthetic = False
+            self.in_head, self._in_body = False, True
+            return
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
-            raise RequestError(400, "malformed-request")
+            raise self._stop(RequestError(400, "malformed-request"))
         if self._chunked and version == "1.0":
-            raise RequestError(400, "unsupported-transfer-encoding")
+            raise self._stop(RequestError(400, "unsupported-transfer-encoding"))
         method = parser.get_method()
         self._size += len(method) + 9
         if self._size > self._max_head:
-            raise RequestError(431, "request-head-too-large")
+            raise self._stop(RequestError(431, "request-head-too-large"))
+        line = b"%s %s HTTP/%s" % (method, self._url, version.encode("ascii"))
+        if line not in self._window:  # RFC 9112 §3: exactly one space between the parts
+            raise self._stop(RequestError(400, "malformed-request"))
         self.in_head = False
         self._in_body = True
+        upgrade = bool(parser.should_upgrade()) and method != b"CONNECT"
+        websocket = upgrade and method == b"GET" and self._length == 0 and any(
+            n.lower() == b"upgrade" and b"websocket" in v.lower() for n, v in self._headers)
+        self._resume = upgrade and not websocket
         head = RequestHead(
             method=method, target=self._url, version=b"HTTP/" + version.encode("ascii"),
             headers=self._headers, content_length=self._length,
-            expect_continue=self._expect and version == "1.1",
-            upgrade=bool(parser.should_upgrade()) and method != b"CONNECT")
+            expect_continue=self._expect and version == "1.1", upgrade=websocket)
         self._receiver.request_head(head)
 
     def on_body(self, body: bytes) -> None:
         self._receiver.request_body(body)
 
     def on_message_complete(self) -> None:
+        if self._resume:
+            return  # llhttp ends an upgrade request at its head; its body follows (resumed)
         self._in_body = False
         keep_alive = self._parser.should_keep_alive()
         self._receiver.request_end()
         if not keep_alive:
             self.finished = True
-            raise _Finished
+            raise self._stop(_Finished())
+
+    def _stop(self, signal: Exception) -> Exception:
+        # httptools wraps what a callback raises; feed() finds it here.
+        self._signal = signal
+        return signal
 
     def _grow(self, size: int) -> None:
         self._size += size
         if self._size > self._max_head:
-            raise RequestError(431, "request-head-too-large")
+            raise self._stop(RequestError(431, "request-head-too-large"))
 
 
 class _Finished(Exception):  # noqa: N818  (a signal, not an error)

@@ -43,9 +43,10 @@ from hyperframe.frame import Frame, GoAwayFrame
 from twisted.logger import Logger
 
 from gateway.config import Limits
-from gateway.http.h2frames import GOAWAY, FloodGuard, FrameError, FrameReader, RawFrame
+from gateway.http.h2frames import DATA, GOAWAY, FloodGuard, FrameError, FrameReader, RawFrame
 from gateway.http.h2headers import FramingDecoder, header_list_limit, request_head, response_headers
 from gateway.http.stream import ClientConnection, Header, RequestHead
+from gateway.logfmt import clean
 
 MAX_STREAMS = 100  # SETTINGS_MAX_CONCURRENT_STREAMS advertised and enforced
 H2_MAX_STREAMS = 1000  # h2's own bound, above MAX_STREAMS (see the module docstring)
@@ -69,6 +70,7 @@ class H2Stream:
         self.exchange: Any = None  # None: told nothing more
         self.content_length = content_length  # announced request body length, bytes
         self.received = 0  # request body bytes so far
+        self.last_body = session.now()  # when the last request body bytes (or the head) came
         self.request_open = content_length != 0  # client's side still sending
         self.response_done = False  # END_STREAM sent (or reset)
         self.closed = False
@@ -144,19 +146,23 @@ class H2Session:
 
     *transport* needs ``write``, ``unregisterProducer`` and ``loseConnection``;
     *exchange_factory(stream, head)* returns an object with ``start()``, ``body_data(bytes)``,
-    ``body_end()``, ``client_lost()``; *clock* (seconds) times the abuse bounds.
+    ``body_end()``, ``client_lost()``; *clock* (seconds) times the abuse bounds; *close*, if
+    given, closes the connection instead of the transport's own ``loseConnection``.
     """
 
     def __init__(self, connection: ClientConnection, transport: Any,
                  exchange_factory: Callable[[H2Stream, RequestHead], Any], limits: Limits,
-                 log: Logger, *, clock: Callable[[], float] = time.monotonic) -> None:
+                 log: Logger, *, clock: Callable[[], float] = time.monotonic,
+                 close: Callable[[], None] | None = None) -> None:
         self.connection = connection
+        self._close = close  # closes the connection (the server protocol's, with its grace)
         self.log = log
         self._transport = transport
         self._exchange_factory = exchange_factory
         self._streams: dict[int, H2Stream] = {}
         self._reader = FrameReader(MAX_FRAME_SIZE, header_list_limit(limits))
         self._guard = FloodGuard(clock)
+        self._clock = clock
         self._receiving = False  # inside data_received: one write at its end
         self._writing_paused = False
         self._goaway = False  # GOAWAY sent (drain) or received: refuse new streams
@@ -196,6 +202,8 @@ class H2Session:
         try:
             for frame in self._reader.feed(data):
                 self._guard.frame(frame)
+                if frame.type == DATA and frame.stream_id not in self._streams:
+                    self._guard.count("closed-data")  # each would cost an RST_STREAM
                 self._receive_frame(frame)
                 if self._closed:
                     break
@@ -247,6 +255,23 @@ class H2Session:
     def idle(self) -> bool:
         """No stream is open."""
         return not self._streams
+
+    def now(self) -> float:
+        """The session's clock, in seconds."""
+        return self._clock()
+
+    def reset_stalled(self, seconds: float) -> None:
+        """Reset, with CANCEL, every stream whose request body has not moved for *seconds*
+        (``idle_timeout``, as for an HTTP/1.1 body); its exchange gets ``client_lost()``."""
+        limit = self._clock() - seconds
+        for stream in [s for s in self._streams.values()
+                       if s.request_open and not s.paused and s.last_body <= limit]:
+            self.log.info("HTTP/2 stream {id} from {peer}: no request body bytes within "
+                          "idle_timeout: RST_STREAM(CANCEL)", id=stream.stream_id,
+                          peer=self.connection.peer_host)
+            self._lose(stream)
+            self.reset(stream, ErrorCodes.CANCEL)
+        self._write()
 
     def close_idle(self) -> None:
         """``idle_timeout`` fired: GOAWAY(NO_ERROR) and close at once."""
@@ -322,6 +347,7 @@ class H2Session:
             self._conn.acknowledge_received_data(flow_length, stream_id)
             return
         stream.received += len(data)
+        stream.last_body = self._clock()
         if stream.content_length is not None and stream.received > stream.content_length:
             self._stream_error(stream_id, "body longer than content-length", stream)
             self._conn.acknowledge_received_data(flow_length, stream_id)
@@ -354,7 +380,7 @@ class H2Session:
             self._conn.send_headers(stream.stream_id, headers, end_stream=end)
         except h2.exceptions.ProtocolError as e:
             self.log.info("HTTP/2 stream {id}: cannot send response head: {e}",
-                          id=stream.stream_id, e=e)
+                          id=stream.stream_id, e=clean(str(e)))
             stream.exchange = None
             self.reset(stream, ErrorCodes.INTERNAL_ERROR)
         self._write()
@@ -368,7 +394,7 @@ class H2Session:
             self._send_buffer(stream)
         except h2.exceptions.ProtocolError as e:  # h2 found the stream closed: give up on it
             self.log.info("HTTP/2 stream {id}: cannot send the response: {e}",
-                          id=stream.stream_id, e=e)
+                          id=stream.stream_id, e=clean(str(e)))
             stream.exchange = None
             self.reset(stream, ErrorCodes.INTERNAL_ERROR)
             return
@@ -462,7 +488,7 @@ class H2Session:
     def _stream_error(self, stream_id: int, reason: str, stream: H2Stream | None = None) -> None:
         """A malformed request (RFC 9113 §8.1.1): RST_STREAM(PROTOCOL_ERROR), one log line."""
         self.log.info("HTTP/2 stream {id} from {peer}: {reason}: RST_STREAM(PROTOCOL_ERROR)",
-                      id=stream_id, peer=self.connection.peer_host, reason=reason)
+                      id=stream_id, peer=self.connection.peer_host, reason=clean(reason))
         if stream is None:
             self._conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
@@ -481,7 +507,7 @@ class H2Session:
             return
         if reason is not None:
             self.log.info("HTTP/2 connection from {peer}: {reason}: GOAWAY({code})",
-                          peer=self.connection.peer_host, reason=reason, code=code.name)
+                          peer=self.connection.peer_host, reason=clean(reason), code=code.name)
         self._conn.close_connection(code)
         self._write(now=True)
         self._lose_transport()
@@ -496,6 +522,9 @@ class H2Session:
     def _lose_transport(self) -> None:
         """Close the transport once its buffer is written. The server protocol is registered
         as its producer, and Twisted's TLS transport closes only without one: unregister it."""
+        if self._close is not None:
+            self._close()
+            return
         self._transport.unregisterProducer()
         self._transport.loseConnection()
 

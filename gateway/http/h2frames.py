@@ -28,6 +28,7 @@ BOUNDS = {
     "settings": 100,  # SETTINGS frames (not ACKs)
     "priority": 10_000,  # PRIORITY frames, for any stream, idle ones included
     "empty-data": 1000,  # DATA frames without payload and without END_STREAM
+    "closed-data": 1000,  # DATA frames for streams that are closed or were never opened
 }
 
 

@@ -12,11 +12,14 @@ answered in order) or hands the connection to :class:`~gateway.http.h2.H2Session
 
 from __future__ import annotations
 
+import fcntl
+import sys
+import termios
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -29,7 +32,7 @@ from gateway.config import Limits
 from gateway.http import h1
 from gateway.http.exchange import Exchange
 from gateway.http.stream import Header, RequestHead
-from gateway.identity import ClientIdentity, UnsafeNameError, identity_from_der
+from gateway.identity import ClientIdentity
 from gateway.logfmt import clean
 from gateway.tls import handshake_state
 
@@ -38,6 +41,10 @@ log = Logger(namespace="mtlsgw.tls")
 # On SIGTERM, a connection accepted just before the port closed gets this many seconds to send
 # its first request (it is then answered, with Connection: close).
 FIRST_REQUEST_GRACE = 1.0
+# Seconds a connection the gateway closed (TLS close_notify sent) may wait for the client to close
+# its side before it is dropped, so that a client that never does cannot hold a connection slot.
+# While the client is still reading what was sent before the close, the wait starts again.
+CLOSE_GRACE = 5.0
 
 
 class Sweep:
@@ -115,6 +122,17 @@ def _ssl_reason(reason: Failure) -> str:
     return reason.getErrorMessage() or type(error).__name__
 
 
+def _unsent(transport: Any) -> int:
+    """Bytes still queued in the kernel for the client (Linux ``TIOCOUTQ``), 0 if unknown."""
+    lower = getattr(transport, "transport", transport)  # below TLS: the TCP transport
+    try:
+        handle = lower.getHandle()
+        queued = fcntl.ioctl(handle.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return int.from_bytes(queued, sys.byteorder)
+
+
 def refusal(status: int, reason: str) -> bytes:
     """The body of a response the gateway writes itself: ``<code> <phrase>: <reason>\\n``."""
     return b"%d %s: %s\n" % (status, h1.reason_phrase(status), clean(reason).encode("ascii"))
@@ -150,6 +168,8 @@ class ServerProtocol(Protocol):
         self._closing = False  # no request after the current one
         self._gone = False
         self._stopped = False  # closing: nothing more is read or answered
+        self._closed = False  # close() was called
+        self._unsent = 0  # bytes still in the socket's send queue at the last grace check
         self._write_paused = False
         self._read_paused = False
         self._takeover: Callable[[bytes], None] | None = None  # an upgraded connection's reader
@@ -164,6 +184,12 @@ class ServerProtocol(Protocol):
         listener.connections.add(self)
         listener.sweep.items.add(self)
         self.transport.registerProducer(self, True)
+        nodelay = getattr(self.transport, "setTcpNoDelay", None)
+        if nodelay is not None:  # TCP (TLS passes it through); not on a Unix socket
+            # Each response goes out as soon as it is written, as nginx's tcp_nodelay: Nagle's
+            # algorithm would hold the last segment of a response (or the TLS close_notify
+            # after it) until the client's delayed ACK, about 40 ms.
+            nodelay(True)
         if len(listener.connections) > listener.limits.max_connections:
             log.warn("closing connection peer={peer}: max_connections ({limit}) reached",
                      peer=_peer(self.transport), limit=listener.limits.max_connections)
@@ -201,22 +227,20 @@ class ServerProtocol(Protocol):
         name = connection.get_servername()
         self.server_name = name.decode("ascii", "replace") if name else None
         if connection.get_peer_certificate() is not None:
-            chain = connection.get_verified_chain()
-            try:
-                if not chain:  # a certificate OpenSSL did not verify: cannot happen; fail closed
-                    raise ValueError("peer certificate present but not verified")
-                self.identity = identity_from_der(
-                    crypto.dump_certificate(crypto.FILETYPE_ASN1, chain[0]))
-            except (ValueError, UnsafeNameError) as exc:
-                log.warn("closing connection peer={peer}: {error}", peer=_peer(self.transport),
-                         error=clean(str(exc)))
+            # Read by the verify callback, which fails the handshake when it cannot be read.
+            self.identity = handshake_state(connection).identity
+            if self.identity is None or not connection.get_verified_chain():
+                # A certificate OpenSSL did not verify: cannot happen; fail closed.
+                self.identity = None
+                log.warn("closing connection peer={peer}: certificate not verified",
+                         peer=_peer(self.transport))
                 self.transport.abortConnection()
                 return
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
             from gateway.http.h2 import H2Session
 
             self._h2 = H2Session(self, self.transport, Exchange, self.listener.limits,
-                                 Logger(namespace="mtlsgw.http2"))
+                                 Logger(namespace="mtlsgw.http2"), close=self.close)
             self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
         else:
             self._start_http1()
@@ -232,15 +256,16 @@ class ServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._takeover is not None:
             self._takeover(data)
+        elif self._closed:
+            return  # closing: what the client still sends is not read
         elif self._h2 is not None:
             self._h2.data_received(data)
             if self._serve_one and not self._h2.idle():
                 self._serve_one = False
                 self._h2.drain()  # GOAWAY after the first stream: it is answered, then close
-            if self._h2.idle() and self.deadline is None:
+            if not self._closed and not self._serve_one:
+                # Idle: GOAWAY after idle_timeout; streams open: their bodies must keep coming.
                 self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
-            elif not self._h2.idle():
-                self.deadline = None
         elif self._parser is not None and not self._closing and not self._stopped:
             if self._expire == self._body_too_slow:
                 self.deadline = self.listener.sweep.now() + self.listener.limits.idle_timeout
@@ -282,11 +307,29 @@ class ServerProtocol(Protocol):
         )
 
     def close(self) -> None:
-        """Close after what has been written (TLS close_notify)."""
+        """Close after what has been written (TLS close_notify); drop the connection
+        :data:`CLOSE_GRACE` seconds later if the client has not closed its side by then."""
         self._stopped = True
-        if not self._gone:
+        if not self._gone and not self._closed:
+            self._closed = True
             self.transport.unregisterProducer()
             self.transport.loseConnection()
+            self._set_deadline(CLOSE_GRACE, self._close_expired)
+
+    def _close_expired(self) -> None:
+        unsent = _unsent(self.transport)
+        if unsent and unsent != self._unsent:  # the client still reads the response: wait
+            self._unsent = unsent
+            self._set_deadline(CLOSE_GRACE, self._close_expired)
+        else:
+            self.abort()
+
+    @property
+    def busy(self) -> bool:
+        """A request is in flight (HTTP/2: a stream is open; or the connection was upgraded)."""
+        if self._h2 is not None:
+            return not self._h2.idle()
+        return self._takeover is not None or (self._current is not None and not self._closed)
 
     def abort(self) -> None:
         """Drop the connection at once (TCP reset)."""
@@ -345,8 +388,15 @@ class ServerProtocol(Protocol):
             self.close()
 
     def _h2_idle(self) -> None:
-        if self._h2 is not None and self._h2.idle():
+        if self._h2 is None:
+            return
+        timeout = self.listener.limits.idle_timeout
+        if self._h2.idle():
             self._h2.close_idle()
+            return
+        self._h2.reset_stalled(timeout)
+        if not self._closed:
+            self._set_deadline(timeout, self._h2_idle)
 
     def _body_too_slow(self) -> None:
         current = self._current
@@ -369,7 +419,12 @@ class ServerProtocol(Protocol):
         assert parser is not None
         try:
             rest = parser.feed(data)
-        except h1.RequestError as error:
+        except Exception as unexpected:
+            if not isinstance(unexpected, h1.RequestError):
+                # A bug, never the client's doing: log it, answer as for a bad request.
+                log.failure("request handling failed peer={peer}", peer=_peer(self.transport))
+                unexpected = h1.RequestError(400, "malformed-request")
+            error = unexpected
             self._closing = True
             last = self._waiting[-1] if self._waiting else self._current
             if last is not None and not last.ended:
@@ -456,7 +511,7 @@ class ServerProtocol(Protocol):
         self._current = None
         if not stream.ended:
             stream.closing = True
-        if stream.closing:
+        if stream.closing and self._refused is None:
             self._waiting.clear()  # nothing after this response is answered
             self.close()
             return
@@ -583,7 +638,8 @@ class H1Stream:
         else:
             self.closing = True  # HTTP/1.0: the end of the body is the end of the connection
         connection = self.connection
-        if self.closing or (connection._closing and not connection._waiting):
+        if self.closing or (connection._closing and not connection._waiting
+                            and connection._refused is None):
             self.closing = True
             out.append((b"Connection", b"close"))
         elif self.version == b"HTTP/1.0":

@@ -50,6 +50,7 @@ _MAX_CHUNK_LINE = 4096  # bytes of a chunk-size or trailer line in a non-101 chu
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # in a value: never relayed (RFC 9110 §5.5)
 
 
 class UpgradeError(Exception):
@@ -154,7 +155,7 @@ def parse_response_head(raw: bytes) -> ResponseHead:
         if not colon or not _TOKEN.fullmatch(name):
             raise UpgradeError(f"malformed response header line {line[:80]!r}")
         value = value.strip(b" \t")
-        if any(c in value for c in b"\r\n\x00"):
+        if _CONTROL.search(value):
             raise UpgradeError(f"malformed value in response header {name[:80]!r}")
         headers.append((name, value))
     return ResponseHead(int(match.group(1)), headers, raw)
