@@ -4,7 +4,9 @@ never cross, upgrades the gateway does not make keep their bodies, refusals stay
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
 import ssl
 import threading
 import time
@@ -211,3 +213,42 @@ def test_a_slow_client_still_reading_a_closed_response_is_not_cut_off(start_gate
             received += len(chunk)
             time.sleep(0.03)  # about 2 MB/s: several grace periods' worth of reading
     assert received == size
+
+
+def test_an_upload_in_flight_at_sigterm_is_read_to_its_end_and_answered(start_gateway, alice,
+                                                                        upstream):
+    gateway = start_gateway({"gateway": {"drain_timeout": "20"}})
+    upstream.clear()
+    with tls_connect(gateway.port, alice) as tls:
+        tls.sendall(b"PUT /upload-at-drain HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Content-Length: 300000\r\n\r\n" + b"a" * 100000)
+        gateway.process.send_signal(signal.SIGTERM)
+        gateway.wait_log("draining 1 connection")
+        tls.sendall(b"a" * 200000)  # the body goes on after the drain began
+        data, closed = read_until_closed(tls, DEADLINE)
+    responses, _ = parse_responses(data)
+    assert [r.status for r in responses] == [200], data
+    assert "close" in {v.lower() for v in responses[0].header("Connection")}
+    assert json.loads(responses[0].body)["body_length"] == 300000
+    assert closed
+    assert gateway.process.wait(timeout=DEADLINE) == 0
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PUT"])
+def test_a_body_arriving_before_the_upstream_connection_is_forwarded_intact(
+        method, start_gateway, alice, upstream):
+    # More than the 64 KiB the gateway holds while it connects to the upstream arrives with the
+    # head: reading pauses until the connection is up, and not one byte is lost.
+    gateway = start_gateway()
+    upstream.clear()
+    first, rest = b"b" * 200000, b"c" * 100000
+    with tls_connect(gateway.port, alice) as tls:
+        tls.sendall(method + b" /early-body HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Content-Length: 300000\r\nConnection: close\r\n\r\n" + first)
+        tls.sendall(rest)
+        data, _ = read_until_closed(tls, DEADLINE)
+    responses, _ = parse_responses(data)
+    assert [r.status for r in responses] == [200], data
+    seen = json.loads(responses[0].body)
+    assert seen["body_length"] == 300000
+    assert seen["body_sha256"] == hashlib.sha256(first + rest).hexdigest()

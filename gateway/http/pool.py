@@ -241,10 +241,11 @@ class UpstreamRequest:
             self._held.append(data)
             self._held_bytes += len(data)
             if self._held_bytes > RETRY_BODY_LIMIT:
-                if connection is None and not self._body_paused:
-                    self._body_paused = True
-                    self.sink.pause_request_body()  # until the connection is there
-                else:
+                if connection is None:  # held until the connection is there; stop reading
+                    if not self._body_paused:
+                        self._body_paused = True
+                        self.sink.pause_request_body()
+                else:  # already written, and too much to keep for a retry
                     self._held, self._held_bytes = [], RETRY_BODY_LIMIT + 1
         if connection is not None:
             self._sent_bytes += len(data)

@@ -165,7 +165,8 @@ class ServerProtocol(Protocol):
         self._current: H1Stream | None = None  # the request being answered
         self._waiting: deque[H1Stream] = deque()  # pipelined requests behind it
         self._refused: tuple[int, str] | None = None  # a framing error behind them
-        self._closing = False  # no request after the current one
+        self._closing = False  # no request after the current one, nothing more is read
+        self._draining = False  # SIGTERM: no request after the current one
         self._gone = False
         self._stopped = False  # closing: nothing more is read or answered
         self._closed = False  # close() was called
@@ -266,6 +267,13 @@ class ServerProtocol(Protocol):
             if not self._closed and not self._serve_one:
                 # Idle: GOAWAY after idle_timeout; streams open: their bodies must keep coming.
                 self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
+        elif (self._current is not None and self._current.head.upgrade and self._parser
+              is not None and self._parser.finished):
+            # Early frames behind a WebSocket handshake, before the upstream's 101: kept for
+            # the relay (reading pauses past 64 KiB until the takeover resumes it).
+            self._current.after_head += data
+            if len(self._current.after_head) > 65536:
+                self._pause_reading()
         elif self._parser is not None and not self._closing and not self._stopped:
             if self._expire == self._body_too_slow:
                 self.deadline = self.listener.sweep.now() + self.listener.limits.idle_timeout
@@ -357,7 +365,9 @@ class ServerProtocol(Protocol):
         elif self._h2 is not None:
             self._h2.drain()
         elif self._takeover is None:
-            self._closing = True
+            # The request in flight finishes (its body keeps being read), then the connection
+            # closes; nothing after it is answered.
+            self._draining = True
             if self._current is None:
                 self.close()
         return gone
@@ -511,7 +521,7 @@ class ServerProtocol(Protocol):
         self._current = None
         if not stream.ended:
             stream.closing = True
-        if stream.closing and self._refused is None:
+        if (stream.closing or self._draining) and self._refused is None:
             self._waiting.clear()  # nothing after this response is answered
             self.close()
             return
@@ -638,8 +648,9 @@ class H1Stream:
         else:
             self.closing = True  # HTTP/1.0: the end of the body is the end of the connection
         connection = self.connection
-        if self.closing or (connection._closing and not connection._waiting
-                            and connection._refused is None):
+        if self.closing or connection._draining or (
+                connection._closing and not connection._waiting
+                and connection._refused is None):
             self.closing = True
             out.append((b"Connection", b"close"))
         elif self.version == b"HTTP/1.0":
