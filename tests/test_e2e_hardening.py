@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -104,6 +105,10 @@ class _OddUpstream(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        if self.path == "/unasked-101":
+            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\n"
+                             b"Connection: upgrade\r\n\r\n")
+            return
         if self.path == "/204-with-length":
             self.wfile.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n")
             return
@@ -252,3 +257,61 @@ def test_a_body_arriving_before_the_upstream_connection_is_forwarded_intact(
     seen = json.loads(responses[0].body)
     assert seen["body_length"] == 300000
     assert seen["body_sha256"] == hashlib.sha256(first + rest).hexdigest()
+
+
+def test_a_client_that_stops_reading_a_response_is_dropped_after_idle_timeout(start_gateway,
+                                                                              alice):
+    # As nginx's send_timeout: a response the client takes no bytes of for idle_timeout ends
+    # the connection (and its upstream request), so clients that never read hold no slot.
+    gateway = start_gateway({"gateway": {"max_connections": "2", "idle_timeout": "1"}})
+    held = []
+    try:
+        for index in range(2):
+            tls = tls_connect(gateway.port, alice)
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            tls.sendall(b"GET /download/%d HTTP/1.1\r\nHost: localhost\r\n\r\n"
+                        % (50_000_000 + index))
+            held.append(tls)
+        wait_for(lambda: _served(gateway.port, alice, "/after-stalled-readers"),
+                 "a new connection to be served while the stalled readers stay open",
+                 timeout=15)
+        assert "the client took no response bytes within idle_timeout" in gateway.log()
+    finally:
+        for tls in held:
+            tls.close()
+
+
+def test_an_http2_stream_whose_window_stays_shut_is_reset_after_idle_timeout(h2_gateway, pki):
+    with client(h2_gateway, pki) as c:
+        c.request(1, "/download/5000000")
+        # Read frames but never give the window back: the stream's response cannot progress.
+        deadline = time.monotonic() + DEADLINE
+        while not c.ended(1) and time.monotonic() < deadline:
+            data = c.tls.recv(65536)
+            if not data:
+                break
+            c.events.extend(c.conn.receive_data(data))
+        assert c.reset_code(1) == ErrorCodes.CANCEL
+    assert "the client took no response bytes within idle_timeout" in h2_gateway.log()
+
+
+def test_an_http2_request_with_a_scheme_other_than_https_or_http_is_refused(h2_gateway, pki,
+                                                                            upstream):
+    upstream.clear()
+    with client(h2_gateway, pki) as c:
+        c.conn.send_headers(1, [(":method", "GET"), (":scheme", "javascript"),
+                                (":authority", "localhost"), (":path", "/scheme")],
+                            end_stream=True)
+        c.flush()
+        c.until(lambda: c.ended(1), "the refusal")
+        assert c.reset_code(1) == ErrorCodes.PROTOCOL_ERROR
+    assert not [r for r in upstream.requests if r.get("path") == "/scheme"]
+
+
+def test_an_upstream_101_to_a_plain_request_is_a_502_without_a_traceback(odd_gateway, pki):
+    with client(odd_gateway, pki) as c:
+        c.request(1, "/unasked-101")
+        c.until(lambda: c.status(1), "the 502")
+        assert c.status(1) == b"502"
+    assert "Unhandled Error" not in odd_gateway.log()
+    assert "Traceback" not in odd_gateway.log()

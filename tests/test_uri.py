@@ -7,6 +7,11 @@ import pytest
 from gateway.authz.uri import URIPattern
 
 MATCHES = [
+    # a wildcard never stands for a dot segment, also not one spelt %2e (RFC 3986 §6.2.2.2)
+    ("spiffe://td/ns/**", "spiffe://td/ns/%2e%2e/%2e%2e/admin", False),
+    ("spiffe://td/ns/*/sa/web", "spiffe://td/ns/%2E%2e/sa/web", False),
+    ("spiffe://td/ns/*/sa/web", "spiffe://td/ns/%2e/sa/web", False),
+    ("spiffe://td/ns/*/sa/web", "spiffe://td/ns/a%2eb/sa/web", True),
     # exact
     ("spiffe://td/ns/prod/sa/web", "spiffe://td/ns/prod/sa/web", True),
     ("spiffe://td/ns/prod/sa/web", "spiffe://td/ns/prod/sa/api", False),

@@ -64,8 +64,9 @@ def _match_segments(pattern: tuple[str, ...], segments: tuple[str, ...]) -> bool
 
 
 def _wild(segment: str) -> bool:
-    # A wildcard never stands for an empty segment or a dot segment (RFC 3986 §3.3).
-    return segment not in ("", ".", "..")
+    # A wildcard never stands for an empty segment or a dot segment (RFC 3986 §3.3), also not
+    # one spelt with percent-encoded dots (%2e is ".", RFC 3986 §6.2.2.2).
+    return segment.replace("%2e", ".").replace("%2E", ".") not in ("", ".", "..")
 
 
 def _split(text: str) -> tuple[str, str, tuple[str, ...]]:

@@ -95,6 +95,10 @@ class UpstreamConnection(Protocol):
                 if self.upstream.settings.read_timeout else None
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 to a request that was not an upgrade (llhttp stops there): unusable.
+            self._fail("upstream-error", "the upstream switched protocols (101) unasked")
+            return
         except httptools.HttpParserCallbackError as exc:
             context = exc.__context__
             if isinstance(context, _HeadTooLargeError):

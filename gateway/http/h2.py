@@ -71,6 +71,7 @@ class H2Stream:
         self.content_length = content_length  # announced request body length, bytes
         self.received = 0  # request body bytes so far
         self.last_body = session.now()  # when the last request body bytes (or the head) came
+        self.last_sent = self.last_body  # when response bytes last went out (or the head came)
         self.request_open = content_length != 0  # client's side still sending
         self.response_done = False  # END_STREAM sent (or reset)
         self.closed = False
@@ -262,12 +263,19 @@ class H2Session:
 
     def reset_stalled(self, seconds: float) -> None:
         """Reset, with CANCEL, every stream whose request body has not moved for *seconds*
-        (``idle_timeout``, as for an HTTP/1.1 body); its exchange gets ``client_lost()``."""
+        (``idle_timeout``, as for an HTTP/1.1 body), or whose response the client has taken no
+        bytes of for as long (its flow-control window stays shut, as nginx's ``send_timeout``);
+        its exchange gets ``client_lost()``, which cancels the upstream request."""
         limit = self._clock() - seconds
-        for stream in [s for s in self._streams.values()
-                       if s.request_open and not s.paused and s.last_body <= limit]:
-            self.log.info("HTTP/2 stream {id} from {peer}: no request body bytes within "
-                          "idle_timeout: RST_STREAM(CANCEL)", id=stream.stream_id,
+        for stream in list(self._streams.values()):
+            if stream.request_open and not stream.paused and stream.last_body <= limit:
+                what = "no request body bytes"
+            elif stream.buffer and stream.last_sent <= limit:
+                what = "the client took no response bytes"
+            else:
+                continue
+            self.log.info("HTTP/2 stream {id} from {peer}: {what} within idle_timeout: "
+                          "RST_STREAM(CANCEL)", id=stream.stream_id, what=what,
                           peer=self.connection.peer_host)
             self._lose(stream)
             self.reset(stream, ErrorCodes.CANCEL)
@@ -329,6 +337,11 @@ class H2Session:
         if len(lengths) > 1 or (lengths and not (lengths[0].isdigit()
                                                  and int(lengths[0]) <= MAX_CONTENT_LENGTH)):
             self._stream_error(stream_id, f"content-length {b', '.join(lengths)!r}")
+            return
+        pseudo = dict(h for h in headers if h[0].startswith(b":"))
+        if pseudo.get(b":method") != b"CONNECT" and pseudo.get(b":scheme") not in (b"https",
+                                                                                  b"http"):
+            self._stream_error(stream_id, f":scheme {pseudo.get(b':scheme')!r}")
             return
         content_length = 0 if ended else int(lengths[0]) if lengths else None
         if ended and lengths and int(lengths[0]) != 0:
@@ -409,6 +422,7 @@ class H2Session:
                 return
             chunk = bytes(stream.buffer[:size])
             del stream.buffer[:size]
+            stream.last_sent = self._clock()
             end = stream.end_pending and not stream.buffer
             self._conn.send_data(stream.stream_id, chunk, end_stream=end)
             if end:

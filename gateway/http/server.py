@@ -170,6 +170,8 @@ class ServerProtocol(Protocol):
         self._gone = False
         self._stopped = False  # closing: nothing more is read or answered
         self._closed = False  # close() was called
+        self._before_stall: tuple[float | None, Callable[[], None]] = (None, self._idle)
+        self._h2_busy_timer = False  # the HTTP/2 timer was set with streams open
         self._unsent = 0  # bytes still in the socket's send queue at the last grace check
         self._write_paused = False
         self._read_paused = False
@@ -264,9 +266,15 @@ class ServerProtocol(Protocol):
             if self._serve_one and not self._h2.idle():
                 self._serve_one = False
                 self._h2.drain()  # GOAWAY after the first stream: it is answered, then close
-            if not self._closed and not self._serve_one:
-                # Idle: GOAWAY after idle_timeout; streams open: their bodies must keep coming.
-                self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
+            if not self._closed and not self._serve_one and not self._write_paused:
+                # Idle: GOAWAY after idle_timeout of silence. Streams open: a check every
+                # idle_timeout that their bodies keep coming and their responses keep going.
+                if self._h2.idle():
+                    self._h2_busy_timer = False
+                    self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
+                elif not self._h2_busy_timer or self._expire != self._h2_idle:
+                    self._h2_busy_timer = True
+                    self._set_deadline(self.listener.limits.idle_timeout, self._h2_idle)
         elif (self._current is not None and self._current.head.upgrade and self._parser
               is not None and self._parser.finished):
             # Early frames behind a WebSocket handshake, before the upstream's 101: kept for
@@ -380,13 +388,25 @@ class ServerProtocol(Protocol):
             self._h2.pause_writing()
         elif self._current is not None and self._current.producer is not None:
             self._current.producer.pauseProducing()
+        if not self._closed and self._expire != self._send_stalled:
+            # The client takes no more: it must take some within idle_timeout (nginx's
+            # send_timeout), or the connection is dropped and its upstream requests cancelled.
+            self._before_stall = (self.deadline, self._expire)
+            self._set_deadline(self.listener.limits.idle_timeout, self._send_stalled)
 
     def resumeProducing(self) -> None:  # noqa: N802
         self._write_paused = False
+        if self._expire == self._send_stalled:
+            self.deadline, self._expire = self._before_stall
         if self._h2 is not None:
             self._h2.resume_writing()
         elif self._current is not None and self._current.producer is not None:
             self._current.producer.resumeProducing()
+
+    def _send_stalled(self) -> None:
+        log.info("closing connection peer={peer}: the client took no response bytes within "
+                 "idle_timeout", peer=_peer(self.transport))
+        self.abort()
 
     def stopProducing(self) -> None:  # noqa: N802
         """The transport is going away; connectionLost follows."""
@@ -402,10 +422,15 @@ class ServerProtocol(Protocol):
             return
         timeout = self.listener.limits.idle_timeout
         if self._h2.idle():
-            self._h2.close_idle()
+            if self._h2_busy_timer:  # set while streams were open: now wait a full timeout
+                self._h2_busy_timer = False
+                self._set_deadline(timeout, self._h2_idle)
+            else:
+                self._h2.close_idle()
             return
         self._h2.reset_stalled(timeout)
         if not self._closed:
+            self._h2_busy_timer = True
             self._set_deadline(timeout, self._h2_idle)
 
     def _body_too_slow(self) -> None:
