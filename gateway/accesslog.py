@@ -90,6 +90,17 @@ class BufferedLogObserver:
             self._out.flush()
 
 
+def offer_observer(application: Any, observer: BufferedLogObserver | None, reactor: Any) -> None:
+    """Offer *observer* to twistd as *application*'s ``ILogObserver`` component (twistd's
+    documented way; ``--logger`` still wins), flushed by *reactor* and at shutdown."""
+    if observer is None or not hasattr(application, "setComponent"):
+        return
+    if application.getComponent(ILogObserver, None) is None:
+        application.setComponent(ILogObserver, observer)
+        observer.clock = reactor
+        reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
+
+
 def observer_for(twistd_options: Any) -> BufferedLogObserver | None:
     """The observer for twistd's parsed options (``twistd_options["logfile"]``, ``nodaemon``,
     ``syslog``, ``logger``), or ``None`` where twistd's own choice must stand."""

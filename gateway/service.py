@@ -26,11 +26,11 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway import config
-from gateway.accesslog import BufferedLogObserver
+from gateway.accesslog import BufferedLogObserver, offer_observer
 from gateway.authz.policy import Policy
 from gateway.authz.registry import available_types, build_authorizers
 from gateway.http.exchange import Route
@@ -214,12 +214,7 @@ class GatewayService(MultiService):
         """Under twistd, *parent* is the application: offer it the gateway's log observer (an
         ``ILogObserver`` component, twistd's documented way; ``--logger`` still wins)."""
         super().setServiceParent(parent)
-        observer = self.log_observer
-        if observer is not None and hasattr(parent, "setComponent") and parent.getComponent(
-                ILogObserver, None) is None:
-            parent.setComponent(ILogObserver, observer)
-            observer.clock = self._reactor
-            self._reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
+        offer_observer(parent, self.log_observer, self._reactor)
 
     def privilegedStartService(self) -> None:  # noqa: N802
         # twistd opens the listening ports here (before dropping privileges).

@@ -39,7 +39,6 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError, ProcessExitedAlready, ReactorNotRunning
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import (
-    ILogObserver,
     InvalidLogLevelError,
     Logger,
     LogLevel,
@@ -50,7 +49,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from gateway import config
-from gateway.accesslog import BufferedLogObserver
+from gateway.accesslog import BufferedLogObserver, offer_observer
 
 if TYPE_CHECKING:
     from gateway.service import GatewayService
@@ -306,12 +305,7 @@ class Supervisor(Service):
         """As :meth:`GatewayService.setServiceParent`: offer twistd the log observer, which then
         buffers the access lines relayed from every worker."""
         super().setServiceParent(parent)
-        observer = self.log_observer
-        if observer is not None and hasattr(parent, "setComponent") and parent.getComponent(
-                ILogObserver, None) is None:
-            parent.setComponent(ILogObserver, observer)
-            observer.clock = self._reactor
-            self._reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
+        offer_observer(parent, self.log_observer, self._reactor)
 
     def privilegedStartService(self) -> None:  # noqa: N802
         super().privilegedStartService()

@@ -134,7 +134,7 @@ class UpstreamConnection(Protocol):
                 self._keep_alive = False
                 self._finish_response()
             else:
-                self._broke(_failure_text(reason))
+                self._broke(failure_text(reason))
             return
         self.request = None
         request.connection_failed(self, reason, self._got_bytes)
@@ -325,9 +325,11 @@ def _content_length(headers: list[Header]) -> int | None:
     return None
 
 
-def _failure_text(failure: Failure) -> str:
+def failure_text(failure: Failure) -> str:
+    """A one-line description of *failure* for the log: ``Type: message``, the reasons of a
+    multi-reason failure (Twisted's ``ConnectingCancelledError``, ``ResponseFailed``) joined."""
     value = failure.value
     reasons = getattr(value, "reasons", None)
     if reasons:
-        return "; ".join(_failure_text(r) for r in reasons)
+        return "; ".join(failure_text(r) for r in reasons)
     return f"{type(value).__name__}: {value}"

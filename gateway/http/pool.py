@@ -28,7 +28,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from gateway.config import UpstreamSettings
-from gateway.http.client import UpstreamConnection, _failure_text
+from gateway.http.client import UpstreamConnection, failure_text
 from gateway.http.stream import Header
 from gateway.upstream_tls import UpstreamTLS
 
@@ -189,7 +189,7 @@ class UpstreamRequest:
         kind = ("upstream-unreachable"
                 if failure.check(neterror.ConnectError, neterror.DNSLookupError)
                 else "upstream-error")
-        self.sink.upstream_failed(kind, _failure_text(failure))
+        self.sink.upstream_failed(kind, failure_text(failure))
 
     def attach(self, connection: UpstreamConnection) -> None:
         self.connection = connection
@@ -227,7 +227,7 @@ class UpstreamRequest:
         if reason.check(neterror.ConnectionDone, neterror.ConnectionLost):
             detail = "the upstream closed the connection before the response head"
         else:
-            detail = _failure_text(reason)
+            detail = failure_text(reason)
         self.sink.upstream_failed("upstream-error", detail)
 
     # -- body, from the exchange ---------------------------------------------------------------

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.headers import HOP_BY_HOP
+from gateway.http.client import failure_text
 from gateway.http.pool import Upstream
 from gateway.logfmt import clean
 
@@ -590,15 +591,7 @@ def relay(exchange: Any, method: bytes, target: bytes, headers: Sequence[Header]
         return upgrade
     def failed(failure: Failure) -> None:
         kind = getattr(failure.value, "kind", "upstream-unreachable")
-        exchange.upgrade_failed(_failure_text(failure), kind)
+        exchange.upgrade_failed(failure_text(failure), kind)
 
     upgrade.start(upstream.endpoint).addCallbacks(exchange.upgraded, failed)
     return upgrade
-
-
-def _failure_text(failure: Failure) -> str:
-    value = failure.value
-    reasons = getattr(value, "reasons", None)
-    if reasons:
-        return "; ".join(_failure_text(r) for r in reasons)
-    return f"{type(value).__name__}: {value}"
