@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -265,13 +266,25 @@ class GatewayService(MultiService):
     async def _drain(self) -> None:
         await super().stopService()  # listening ports closed: nothing new comes in
         drain_timeout = self._limits.drain_timeout  # as started: limits change on restart only
-        waiting = [channel.drain() for factory in self.factories.values()
-                   for channel in list(factory.connections)]
+        drained: set[Any] = set()
+
+        def drain_new() -> list[Deferred[None]]:
+            # Connections can join after the ports closed: accepted from the listen queue, or
+            # behind a PROXY protocol wrapper once its header has been read. Each gets drained.
+            fresh = [c for f in self.factories.values() for c in list(f.connections)
+                     if c not in drained]
+            drained.update(fresh)
+            return [c.drain() for c in fresh]
+
+        waiting = drain_new()
         if waiting:
             log.info("draining {count} connection(s) for up to {timeout} s",
                      count=len(waiting), timeout=drain_timeout)
             timer = self._reactor.callLater(drain_timeout, self._abort_all)
-            await DeferredList(waiting)
+            while waiting and timer.active():
+                await DeferredList(waiting)
+                await deferLater(self._reactor, 0.05, lambda: None)  # late arrivals, if any
+                waiting = drain_new()
             if timer.active():
                 timer.cancel()
         for upstream in self.generation.upstreams:
