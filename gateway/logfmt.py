@@ -8,6 +8,7 @@ one line and a quoted field cannot be closed early.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _KEEP = frozenset(range(0x20, 0x7F)) - {ord("%"), ord('"')}
 _UNSAFE = re.compile(rb'[^\x20-\x7e]|[%"]')
@@ -20,3 +21,10 @@ def clean(value: str | bytes) -> str:
     if not _UNSAFE.search(data):
         return data.decode("ascii")  # the common case, without a per-byte loop
     return "".join(chr(b) if b in _KEEP else f"%{b:02X}" for b in data)
+
+
+def peer_address(transport: Any) -> str:
+    """A transport's peer for a log line: ``host:port``, or ``unix`` for a Unix socket."""
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    return f"{host}:{peer.port}" if host is not None else "unix"

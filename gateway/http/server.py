@@ -33,7 +33,7 @@ from gateway.http import h1
 from gateway.http.exchange import Exchange
 from gateway.http.stream import Header, RequestHead
 from gateway.identity import ClientIdentity
-from gateway.logfmt import clean
+from gateway.logfmt import clean, peer_address
 from gateway.tls import handshake_state
 
 log = Logger(namespace="mtlsgw.tls")
@@ -105,12 +105,6 @@ class Listener(Factory):
 
     def buildProtocol(self, addr: Any) -> ServerProtocol:  # noqa: N802
         return ServerProtocol(self)
-
-
-def _peer(transport: Any) -> str:
-    peer = transport.getPeer()
-    host = getattr(peer, "host", None)
-    return f"{host}:{peer.port}" if host is not None else "unix"
 
 
 def _ssl_reason(reason: Failure) -> str:
@@ -195,7 +189,7 @@ class ServerProtocol(Protocol):
             nodelay(True)
         if len(listener.connections) > listener.limits.max_connections:
             log.warn("closing connection peer={peer}: max_connections ({limit}) reached",
-                     peer=_peer(self.transport), limit=listener.limits.max_connections)
+                     peer=peer_address(self.transport), limit=listener.limits.max_connections)
             self._handshake_done = True  # logged here
             self.transport.abortConnection()
             return
@@ -215,7 +209,7 @@ class ServerProtocol(Protocol):
         self._expire()
 
     def _handshake_too_slow(self) -> None:
-        log.info("tls handshake timed out peer={peer}", peer=_peer(self.transport))
+        log.info("tls handshake timed out peer={peer}", peer=peer_address(self.transport))
         self._handshake_done = True  # logged here; not again as a failure in connectionLost
         self.transport.abortConnection()
 
@@ -236,7 +230,7 @@ class ServerProtocol(Protocol):
                 # A certificate OpenSSL did not verify: cannot happen; fail closed.
                 self.identity = None
                 log.warn("closing connection peer={peer}: certificate not verified",
-                         peer=_peer(self.transport))
+                         peer=peer_address(self.transport))
                 self.transport.abortConnection()
                 return
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
@@ -316,7 +310,7 @@ class ServerProtocol(Protocol):
         error = state.first_error
         log.info(
             "tls handshake failed peer={peer} verify_error={verify} depth={depth} reason={reason}",
-            peer=_peer(self.transport),
+            peer=peer_address(self.transport),
             verify=clean(error.reason) if error else "-",
             depth=error.depth if error else "-",
             reason=clean(_ssl_reason(reason)),
@@ -405,7 +399,7 @@ class ServerProtocol(Protocol):
 
     def _send_stalled(self) -> None:
         log.info("closing connection peer={peer}: the client took no response bytes within "
-                 "idle_timeout", peer=_peer(self.transport))
+                 "idle_timeout", peer=peer_address(self.transport))
         self.abort()
 
     def stopProducing(self) -> None:  # noqa: N802
@@ -437,7 +431,7 @@ class ServerProtocol(Protocol):
         current = self._current
         if current is not None and not current.ended and not self._read_paused:
             log.info("closing connection peer={peer}: no request body bytes within "
-                     "idle_timeout", peer=_peer(self.transport))
+                     "idle_timeout", peer=peer_address(self.transport))
             self.abort()
 
     def _head_too_slow(self) -> None:
@@ -457,7 +451,8 @@ class ServerProtocol(Protocol):
         except Exception as unexpected:
             if not isinstance(unexpected, h1.RequestError):
                 # A bug, never the client's doing: log it, answer as for a bad request.
-                log.failure("request handling failed peer={peer}", peer=_peer(self.transport))
+                log.failure("request handling failed peer={peer}",
+                            peer=peer_address(self.transport))
                 unexpected = h1.RequestError(400, "malformed-request")
             error = unexpected
             self._closing = True
@@ -490,7 +485,7 @@ class ServerProtocol(Protocol):
             (b"Content-Length", b"%d" % len(body)),
             (b"Connection", b"close")]) + body)
         log.info("request rejected peer={peer} status={status} reason={reason}",
-                 peer=_peer(self.transport), status=status, reason=reason)
+                 peer=peer_address(self.transport), status=status, reason=reason)
         self._closing = True
         self.close()
 

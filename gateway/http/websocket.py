@@ -38,7 +38,7 @@ from zope.interface import implementer
 from gateway.headers import HOP_BY_HOP
 from gateway.http.client import failure_text
 from gateway.http.pool import Upstream
-from gateway.logfmt import clean
+from gateway.logfmt import clean, peer_address
 
 log = Logger(namespace="mtlsgw.websocket")
 
@@ -294,7 +294,7 @@ class _UpgradeRelay(Protocol):
         self._from_client = 0
         self._from_upstream = 0
         self._spliced_at = 0.0
-        self._peer = _peer(self.client)
+        self._peer = peer_address(self.client)
         if response_timeout:
             self._timer = reactor.callLater(response_timeout, self._too_slow, response_timeout)
 
@@ -553,12 +553,6 @@ class _OneConnection(Factory):
 
 def _ignore(data: bytes) -> None:
     """Client bytes after an upgrade the upstream refused: the connection is closing."""
-
-
-def _peer(transport: Any) -> str:
-    peer = transport.getPeer()
-    host = getattr(peer, "host", None)
-    return f"{host}:{peer.port}" if host is not None else "unix"
 
 
 def relay(exchange: Any, method: bytes, target: bytes, headers: Sequence[Header],
