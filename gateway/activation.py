@@ -18,6 +18,15 @@ from twisted.python.systemd import ListenFDs
 from gateway import config
 
 
+def passed_sockets() -> ListenFDs:
+    """The sockets ``systemd:`` endpoints adopt: what Twisted's endpoint parser read from the
+    environment when it was imported (it removes ``LISTEN_FDS`` and ``LISTEN_PID`` from
+    ``os.environ`` then, so that no one adopts a socket twice)."""
+    from twisted.internet.endpoints import _SystemdParser
+
+    return _SystemdParser._sddaemon
+
+
 def check_passed_sockets(settings: config.GatewaySettings, passed: ListenFDs) -> None:
     """Raise :class:`~gateway.config.ConfigError` naming the listener (file, section, key,
     value) whose ``systemd:`` description does not match a socket in *passed*: no socket at

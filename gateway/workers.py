@@ -47,11 +47,10 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from twisted.python.failure import Failure
-from twisted.python.systemd import ListenFDs
 
 from gateway import config
 from gateway.accesslog import BufferedLogObserver, offer_observer
-from gateway.activation import check_passed_sockets
+from gateway.activation import check_passed_sockets, passed_sockets
 from gateway.notify import NOTIFY_VARIABLES, SystemdNotifier
 from gateway.watch import FileWatcher, watched_files
 
@@ -501,7 +500,7 @@ def make_service(path: str | Path, reactor: Any = None) -> GatewayService | Supe
 
         reactor = default_reactor
     settings = config.load(path)
-    check_passed_sockets(settings, ListenFDs.fromEnvironment())
+    check_passed_sockets(settings, passed_sockets())
     if settings.supervised:
         return Supervisor(settings, reactor)
     return build(path, reactor)
