@@ -793,9 +793,5 @@ def load(path: str | Path) -> GatewaySettings:
 
 def _watch_interval(section: _Section) -> float:
     """``watch_files`` and ``watch_interval``: the seconds between two checks, 0 for off."""
-    watch = section.boolean("watch_files", False)
-    interval = section.seconds("watch_interval", 5.0)
-    if not watch and section.get("watch_interval") is not None:
-        raise section.location.at("watch_interval", section.get("watch_interval")).error(
-            "only meaningful with watch_files = yes")
-    return interval if watch else 0.0
+    interval = section.seconds("watch_interval", 5.0)  # checked even while off
+    return interval if section.boolean("watch_files", False) else 0.0

@@ -176,13 +176,12 @@ def test_defaults(tmp_path, pki):
     settings = load(tmp_path, pki)
     assert (settings.watch_interval, settings.limits.drain_delay) == (0.0, 0.0)
     assert load(tmp_path, pki, watch_files="yes").watch_interval == 5.0
+    assert load(tmp_path, pki, watch_interval="2").watch_interval == 0.0  # watch_files = no
     settings = load(tmp_path, pki, watch_files="yes", watch_interval="0.5", drain_delay="5")
     assert (settings.watch_interval, settings.limits.drain_delay) == (0.5, 5.0)
 
 
 @pytest.mark.parametrize(("values", "problem"), [
-    ({"watch_interval": "5"}, "[gateway] watch_interval = '5': only meaningful with "
-                              "watch_files = yes"),
     ({"watch_files": "yes", "watch_interval": "0"},
      "[gateway] watch_interval = '0': must be more than 0 and at most 86400 seconds"),
     ({"watch_files": "maybe"}, "[gateway] watch_files = 'maybe': must be yes or no"),
