@@ -210,3 +210,33 @@ def test_an_unchanged_rewrite_does_not_reload(tmp_path, pki, upstream):
         assert not re.search(r"watch_files: .*server\.crt", gateway.log())
     finally:
         gateway.stop()
+
+
+def test_with_workers_the_supervisor_watches_and_reloads_them(tmp_path, pki, upstream):
+    from sdsocket import NotifySocket
+    from test_e2e_workers import until_both_served, wait_serving
+
+    notify = NotifySocket()
+    sections = base_sections(pki, upstream.url)
+    sections["gateway"].update({"watch_files": "yes", "watch_interval": INTERVAL, "workers": "2"})
+    gateway = Gateway(tmp_path / "gw", sections, env=notify.env)
+    try:
+        wait_serving(gateway, 2)
+        ready = notify.wait("READY")
+        until_both_served(gateway, pki, "bob", 403)
+        since = len(gateway.log())
+        gateway.config.write_text(gateway.config.read_text().replace("allow = alice",
+                                                                     "allow = bob"))
+        gateway.wait_log(f"watch_files: {gateway.config} changed; reloading")
+        reloading = notify.wait("RELOADING", ready + 1)
+        assert notify.fields(notify.wait("READY", reloading + 1))["STATUS"] == (
+            "reloaded the configuration")
+        wait_for(lambda: gateway.log()[since:].count("reloaded configuration from") == 2,
+                 "both workers to reload")
+        until_both_served(gateway, pki, "bob", 200, since)
+        # Only the supervisor watches: one reload for the change, not one per process.
+        assert gateway.log().count("watch_files:") == 1
+    finally:
+        gateway.stop()
+        notify.close()
+    assert gateway.process.returncode == 0
