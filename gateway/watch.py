@@ -127,7 +127,11 @@ class FileWatcher:
             return None
         log.info("watch_files: {files} changed; reloading",
                  files=", ".join(str(path) for path in different))
-        ok = self._reload()
+        try:
+            ok = self._reload()
+        except Exception:  # a bug must not end the watching: log it, keep the running state
+            log.failure("watch_files: the reload failed")
+            return False
         if ok:  # the new configuration may name other files
             self._seen = take(self._files(), now)
         return ok

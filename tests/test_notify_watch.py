@@ -221,3 +221,23 @@ def test_a_systemd_listener_needs_its_passed_socket(tmp_path, pki, listen, passe
                                     "haproxy:systemd:domain=INET6:name=https", "tcp:8443"])
 def test_a_passed_socket_is_accepted(tmp_path, pki, listen):
     check_passed_sockets(load(tmp_path, pki, listen=listen), ListenFDs([3], ("https",)))
+
+
+def test_a_reload_that_raises_does_not_end_the_watching(tmp_path):
+    path = tmp_path / "gw.ini"
+    path.write_bytes(b"1")
+    calls = []
+
+    def reload() -> bool:
+        calls.append(path.read_bytes())
+        raise RuntimeError("a bug")
+
+    clock = Clock()
+    watcher = FileWatcher(clock, 1.0, lambda: [path], reload)
+    watcher.start()
+    path.write_bytes(b"2")
+    clock.advance(1)
+    path.write_bytes(b"3")
+    clock.advance(1)
+    assert calls == [b"2", b"3"]
+    watcher.stop()
