@@ -632,9 +632,10 @@ def _formats(section: _Section, defaults: HeaderSettings) -> dict[str, Any]:
     mode = section.get("xfcc_mode")
     details = section.get("xfcc_details")
     for key, value in (("xfcc_mode", mode), ("xfcc_details", details)):
-        if value is not None and XFCC not in formats:
+        # In [headers] they are defaults for the routes that enable xfcc themselves.
+        if value is not None and XFCC not in formats and section.location.section != "headers":
             raise section.location.at(key, value).error(
-                "only meaningful with xfcc in formats (in this section or inherited)")
+                "only meaningful with xfcc in the route's formats (set here or in [headers])")
     xfcc_details = defaults.xfcc_details
     if details is not None:
         by_name = {name.lower(): name for name in XFCC_DETAILS}

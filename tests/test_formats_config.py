@@ -69,8 +69,6 @@ BAD = [
     pytest.param({("headers", "formats"): "nginx, envoy"}, "headers", "formats",
                  "nginx, envoy", "list one or more of nginx, xfcc, rfc9440, traefik",
                  id="unknown-format"),
-    pytest.param({("headers", "xfcc_mode"): "sanitize_set"}, "headers", "xfcc_mode",
-                 "sanitize_set", "only meaningful with xfcc in formats", id="mode-without-xfcc"),
     pytest.param({("headers", "formats"): "xfcc", ("headers", "xfcc_mode"): "append"},
                  "headers", "xfcc_mode", "append", "must be one of sanitize, sanitize_set",
                  id="unknown-mode"),
@@ -114,3 +112,13 @@ def test_trusted_proxy_sha256_on_a_plain_listener_is_an_error(tmp_path: Path) ->
     message = config_error(load, path)
     assert "[listener:egress] trusted_proxy_sha256" in message
     assert "only meaningful on a TLS listener" in message
+
+
+def test_xfcc_keys_in_a_route_without_xfcc_are_an_error(tmp_path: Path) -> None:
+    sections = changed({("headers", "xfcc_mode"): "sanitize"})  # a default: fine in [headers]
+    sections["route:api"] = {"prefix": "/api/", "upstream": "http://127.0.0.1:8081",
+                             "xfcc_details": "Cert"}
+    path = write_config(tmp_path, sections)
+    message = config_error(load, path)
+    assert message.startswith(f"{path}: [route:api] xfcc_details = 'Cert': "), message
+    assert "only meaningful with xfcc in the route's formats" in message
