@@ -18,7 +18,15 @@ import http_sf
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from harness import DEADLINE, client_context, free_port, headers_of, https_request, run_twistd
+from harness import (
+    DEADLINE,
+    client_context,
+    curl,
+    free_port,
+    headers_of,
+    https_request,
+    run_twistd,
+)
 from test_formats import parse_xfcc
 
 FORMAT_HEADERS = ["X-Forwarded-Client-Cert", "Client-Cert", "Client-Cert-Chain",
@@ -278,3 +286,42 @@ def test_forwarding_mode_without_trusted_proxies_stops_the_start(tmp_path, pki, 
     assert check.returncode == 1
     assert check.stderr.strip() == lines[0]
 
+
+
+# -- HTTP/2 ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http2_gateway(start_gateway, upstream, vary_upstream):
+    return start_gateway({
+        "tls": {"http2": "yes"},
+        "headers": {"formats": "nginx, xfcc, rfc9440, traefik", "xfcc_details": "Chain"},
+        "route:vary": {"prefix": "/vary", "upstream": vary_upstream, "formats": "rfc9440"},
+    })
+
+
+def test_http2_writes_the_same_format_headers_as_http11(http2_gateway, pki, upstream):
+    client = pki.via_intermediate(send_chain=True)
+    seen = {}
+    for flag in ("--http2", "--http1.1"):
+        forged = [arg for name in FORMAT_HEADERS for arg in ("-H", f"{name.lower()}: forged")]
+        result = curl("--cacert", str(pki.ca), "--cert", str(client.cert), "--key",
+                      str(client.key), flag, "-w", "\n%{http_version}",
+                      f"{http2_gateway.url}/h2", *forged)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.rsplit("\n", 1)[1] == ("2" if flag == "--http2" else "1.1")
+        record = upstream.last()
+        seen[flag] = {k.lower(): v for k, v in record["headers"]
+                      if k.lower() in {n.lower() for n in FORMAT_HEADERS}}
+    assert seen["--http2"] == seen["--http1.1"]
+    assert set(seen["--http2"]) == {n.lower() for n in FORMAT_HEADERS}
+    assert "forged" not in seen["--http2"].values()
+    intermediate = _der(client)[1]
+    assert http_sf.parse(seen["--http2"]["client-cert-chain"].encode(), tltype="list") == [
+        (intermediate, {})]
+    result = curl("--cacert", str(pki.ca), "--cert", str(client.cert), "--key", str(client.key),
+                  "--http2", "-D", "-", "-o", "/dev/null",
+                  f"{http2_gateway.url}/vary?vary=Client-Cert")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":", 1)[1].strip() for line in result.stdout.splitlines()
+            if line.lower().startswith("vary:")] == ["*"]
