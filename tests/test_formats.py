@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from pathlib import Path
 from urllib.parse import quote, unquote, unquote_plus
 
 import http_sf
@@ -465,3 +466,41 @@ def test_append_forward_appends_our_element_to_a_trusted_proxys() -> None:
 
 def test_sanitize_drops_the_clients_xfcc_and_writes_none() -> None:
     assert _xfcc(_upstream(FORGED, IDENTITY, settings("xfcc", xfcc_mode="sanitize"))) == []
+
+
+# --------------------------------------------------------------------------
+# docs/headers.md: its examples are what the code writes, its Python reader reads them
+# --------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "headers.md"
+
+
+def _documented_headers() -> dict[bytes, bytes]:
+    full = settings("xfcc", "rfc9440", "traefik", xfcc_details=("Cert", "Subject", "URI", "DNS"))
+    return dict(identity_values(IDENTITY, full, (INTERMEDIATE_DER,)))
+
+
+def test_the_documented_examples_are_what_the_gateway_writes() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    by = settings("xfcc", xfcc_by=(BY,))
+    every = settings("xfcc", "rfc9440", "traefik", xfcc_details=ALL_DETAILS)
+    for chosen in (by, every):
+        for name, value in identity_values(IDENTITY, chosen, (INTERMEDIATE_DER,)):
+            assert f"\n{name.decode()}: {value.decode()}\n" in text, name
+    assert pem(LEAF_DER) + pem(INTERMEDIATE_DER) in text
+
+
+def test_the_documented_python_reader_reads_every_format() -> None:
+    code = DOCS.read_text(encoding="utf-8").split("#### Python\n\n```python\n")[1]
+    namespace: dict[str, object] = {}
+    exec(code.split("```")[0], namespace)  # the reader as documented
+    headers = {name.decode(): value.decode() for name, value in _documented_headers().items()}
+    xfcc = namespace["from_xfcc"](headers)  # type: ignore[operator]
+    assert xfcc["hash"] == HASH and xfcc["dns"] == list(IDENTITY.dns_names)
+    assert xfcc["cert"] == LEAF
+    rfc = namespace["from_rfc9440"](headers)  # type: ignore[operator]
+    assert rfc["leaf"] == LEAF
+    assert [c.public_bytes(Encoding.DER) for c in rfc["chain"]] == [INTERMEDIATE_DER]
+    traefik = namespace["from_traefik"](headers)  # type: ignore[operator]
+    assert [cert["SerialNumber"] for cert in traefik] == ["1009652240", "4097"]
+    assert traefik[0]["Subject"] == "C=DE,O=Example, Inc.,OU=payments,CN=alice"
