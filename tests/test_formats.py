@@ -504,3 +504,10 @@ def test_the_documented_python_reader_reads_every_format() -> None:
     traefik = namespace["from_traefik"](headers)  # type: ignore[operator]
     assert [cert["SerialNumber"] for cert in traefik] == ["1009652240", "4097"]
     assert traefik[0]["Subject"] == "C=DE,O=Example, Inc.,OU=payments,CN=alice"
+
+
+def test_header_values_are_computed_once_per_identity_chain_and_settings() -> None:
+    chosen = settings("nginx", "xfcc", "rfc9440", "traefik")
+    first = identity_values(IDENTITY, chosen, (INTERMEDIATE_DER,))
+    assert identity_values(IDENTITY, chosen, (INTERMEDIATE_DER,)) is first
+    assert identity_values(IDENTITY, chosen, ()) is not first
