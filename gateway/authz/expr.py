@@ -55,11 +55,17 @@ class ExprError(ValueError):
 @attrs.frozen
 class Value:
     """A matcher argument: ``key`` (``None`` for a plain value) and ``text``; ``position`` is
-    where it starts."""
+    where it starts (1-based), ``text_position`` where its text starts after ``key=``."""
 
     key: str | None
     text: str
     position: int
+    text_position: int = 0  # where the text starts (after "key="); 0: at position
+
+    @property
+    def at(self) -> int:
+        """Where the text starts (1-based)."""
+        return self.text_position or self.position
 
 
 @attrs.frozen
@@ -160,7 +166,9 @@ class _Parser:
             key, _ = self.name(f"an attribute such as OU=... in {function}()")
             self.expect("=", f"expected '=' after {key!r}")
             self.skip()
-        return Value(key, self.quoted() if self.peek() == '"' else self.bare(), start + 1)
+        text_start = self.at
+        text = self.quoted() if self.peek() == '"' else self.bare()
+        return Value(key, text, start + 1, text_start + 1 if key is not None else 0)
 
     def quoted(self) -> str:
         start = self.at

@@ -49,6 +49,7 @@ import base64
 import datetime
 import functools
 import hashlib
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 
@@ -257,7 +258,13 @@ _Built = tuple[Callable[[object, RequestInfo], bool], bool, bool]
 
 
 def _bad(value: Value, problem: str) -> ExprError:
-    return ExprError(value.position, value.text if value.key is None else value.key, problem)
+    """An error pointing at *value*'s text."""
+    return ExprError(value.at, value.text, problem)
+
+
+def _bad_key(value: Value, problem: str) -> ExprError:
+    """An error pointing at *value*'s key."""
+    return ExprError(value.position, value.key or value.text, problem)
 
 
 def _attribute_list(values: list[Value]) -> tuple[tuple[str, str], ...]:
@@ -266,7 +273,7 @@ def _attribute_list(values: list[Value]) -> tuple[tuple[str, str], ...]:
         assert value.key is not None
         oid = value.key if _OID.fullmatch(value.key) else _ATTRIBUTE_TYPES.get(value.key.lower())
         if oid is None:
-            raise _bad(value, "not an attribute type (RFC 4514 short name or dotted OID)")
+            raise _bad_key(value, "not an attribute type (RFC 4514 short name or dotted OID)")
         wanted.append((oid, value.text))
     return tuple(wanted)
 
@@ -318,7 +325,7 @@ def _spiffe(node: Node, values: list[Value]) -> _Built:
     paths = [v for v in values if v.key == "path"]
     for value in values:
         if value.key not in ("trust_domain", "path"):
-            raise _bad(value, "spiffe() takes trust_domain= and path=")
+            raise _bad_key(value, "spiffe() takes trust_domain= and path=")
     if len(domains) != 1:
         raise ExprError(node.position, node.name, "spiffe() needs exactly one trust_domain=")
     domain = domains[0].text
@@ -426,14 +433,21 @@ def _path(node: Node, values: list[Value]) -> _Built:
 
 def _host(node: Node, values: list[Value]) -> _Built:
     for value in values:
-        if not re.fullmatch(r"[A-Za-z0-9.-]+", value.text):
-            raise _bad(value, "a host name without port")
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", value.text) and not _ipv6(value.text):
+            raise _bad(value, "a host name or IP address without port")
     hosts = frozenset(v.text.lower().rstrip(".") for v in values)
 
     def test(_: object, request: RequestInfo) -> bool:
         return request.host is not None and host_of(request.host) in hosts
 
     return test, False, False
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 _BUILDERS: dict[str, Callable[[Node, list[Value]], _Built]] = {
