@@ -81,3 +81,19 @@ def test_escaped_slashes_per_listener(tmp_path: Path) -> None:
     path = write_config(tmp_path, sections)
     assert config_error(load, path) == (
         f"{path}: [gateway] escaped_slashes = 'decode': must be one of keep, reject, unescape")
+
+
+def test_the_commented_expr_example_of_etc_gw_ini_is_valid(tmp_path: Path) -> None:
+    from test_example_config import local_copy, set_value
+
+    from gateway.pki import write_dev_pki
+
+    path = local_copy(tmp_path, write_dev_pki(tmp_path / "pki"))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = lines.index(";[authorizer:web]")
+    for index in range(start, start + 4):
+        assert lines[index].startswith(";"), lines[index]
+        lines[index] = lines[index][1:]
+    path.write_text(set_value("\n".join(lines), "authorize", "authorizers", "web"))
+    (named,) = validate(path).policies["default"].authorizers
+    assert named.name == "web" and isinstance(named.authorizer, ExprAuthorizer)
