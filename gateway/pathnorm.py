@@ -82,6 +82,8 @@ def _remove_dot_segments(path: bytes) -> bytes:
 def normalize_target(target: bytes, escaped_slashes: str = "keep") -> bytes | None:
     """:func:`normalize_path` of *target*'s path, its query (from the first ``?``) kept as it
     is; ``None`` when the path is refused."""
+    if not _SUSPECT.search(target):
+        return target  # the common case, without splitting off the query
     path, question, query = target.partition(b"?")
     normal = normalize_path(path, escaped_slashes)
     if normal is None:

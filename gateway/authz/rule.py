@@ -76,17 +76,27 @@ class _Leaf:
 
     def eval(self, identity: Identity, request: RequestInfo, limits: Limits) -> Outcome:
         name = self.name
-        if isinstance(self.authorizer, ExprAuthorizer):  # its own leaves decide and are named
-            return self.authorizer.evaluate(identity, request, limits)
         try:
             result = self.authorizer.authorize(identity, request)
         except Exception:
             return failed(name, Failure())
+        if isinstance(result, Decision):
+            return checked(name, result)
         if isinstance(result, Deferred):
             if limits.timeout and limits.clock is not None and not result.called:
                 result.addTimeout(limits.timeout, limits.clock)  # a slow leaf fails closed
             return result.addCallbacks(lambda r: checked(name, r), lambda f: failed(name, f))
         return checked(name, result)
+
+
+@attrs.frozen
+class _Rule:
+    """Another ``expr`` authorizer: its own leaves decide and are named."""
+
+    rule: ExprAuthorizer
+
+    def eval(self, identity: Identity, request: RequestInfo, limits: Limits) -> Outcome:
+        return self.rule.root.eval(identity, request, limits)
 
 
 @attrs.frozen
@@ -110,7 +120,7 @@ class _All:
         children = self.children
         for index in range(start, len(children)):
             result = children[index].eval(identity, request, limits)
-            if isinstance(result, Deferred):
+            if not isinstance(result, Decision):  # a Deferred
                 return result.addCallback(self._resume, index, identity, request, limits)
             if not result.allowed:
                 return result
@@ -134,7 +144,7 @@ class _Any:
         children = self.children
         for index in range(start, len(children)):
             result = children[index].eval(identity, request, limits)
-            if isinstance(result, Deferred):
+            if not isinstance(result, Decision):  # a Deferred
                 return result.addCallback(self._resume, index, identity, request, limits, first)
             if result.allowed or result.reason in FAULTS:
                 return result
@@ -155,7 +165,7 @@ class _Not:
 
     def eval(self, identity: Identity, request: RequestInfo, limits: Limits) -> Outcome:
         result = self.child.eval(identity, request, limits)
-        if isinstance(result, Deferred):
+        if not isinstance(result, Decision):  # a Deferred
             return result.addCallback(_invert)
         return _invert(result)
 
@@ -220,9 +230,12 @@ def build(section: AuthorizerSection, resolve: Resolve) -> ExprAuthorizer:
 def _compile(node: Node, owner: str, resolve: Resolve) -> _Node:
     if node.is_reference:
         try:
-            return _Leaf(node.name, resolve(node.name))
+            authorizer = resolve(node.name)
         except LookupError as exc:
             raise ExprError(node.position, node.name, str(exc.args[0])) from None
+        if isinstance(authorizer, ExprAuthorizer):
+            return _Rule(authorizer)
+        return _Leaf(node.name, authorizer)
     if node.name not in COMBINATORS:
         return _Match(matchers.build(node, owner), owner)
     children = tuple(_compile(arg, owner, resolve) for arg in node.args or ()
