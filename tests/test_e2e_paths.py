@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from harness import (
     client_context,
+    curl,
     free_port,
     https_request,
     parse_responses,
@@ -197,3 +199,33 @@ def test_no_certificate_field_is_echoed_in_a_denial(hiding, pki) -> None:  # typ
         _, _, body = https_request(hiding.port, context(pki, evil), path="/open/x",
                                    headers=[("Accept", accept)])
         assert b"script" not in body and b"Evil" not in body
+
+
+def test_http2_requests_are_normalised_and_escaped_slashes_reloads(start_gateway, pki,  # type: ignore[no-untyped-def]
+                                                                   upstream, carol) -> None:
+    gateway = start_gateway({
+        "tls": {"http2": "yes"},
+        "authorizer:team": {"type": "cn", "allow": "alice, carol"},
+        "authorizer:admins": {"type": "expr", "rule": "all(path(/admin/), subject(OU=ops))"},
+        "route:admin": {"prefix": "/admin/", "upstream": upstream.url, "authorizers": "admins"},
+    })
+
+    def h2(files, path: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+        result = curl("--cacert", str(pki.ca), "--cert", str(files.cert), "--key",
+                      str(files.key), "--http2", "--path-as-is", "-o", "/dev/null",
+                      "-w", "%{http_code} %{http_version}", f"{gateway.url}{path}")
+        code, version = result.stdout.split()
+        return int(code), version
+
+    upstream.clear()
+    assert h2(carol, "/api/../admin/x") == (200, "2")
+    assert upstream.last()["path"] == "/admin/x"
+    assert h2(pki.alice(), "/api/../admin/x") == (403, "2")
+    # escaped_slashes follows a reload (the listener stays as it is).
+    assert h2(pki.alice(), "/a%2Fb") == (200, "2")
+    gateway.config.write_text(gateway.config.read_text().replace(
+        "[gateway]\n", "[gateway]\nescaped_slashes = reject\n", 1))
+    gateway.process.send_signal(signal.SIGHUP)
+    gateway.wait_log("reloaded configuration")
+    wait_for(lambda: h2(pki.alice(), "/a%2Fb") == (400, "2"), "the reload to reject %2F")
+    assert "reload refused" not in gateway.log()
