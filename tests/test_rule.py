@@ -307,3 +307,15 @@ def test_rule_keys_are_checked() -> None:
 def test_an_error_inside_a_named_section_is_reported_there() -> None:
     message = build_error("all(team)", section("team", "cn"))
     assert message.startswith(f"{INI}: [authorizer:team] allow = '': required")
+
+
+def test_not_inverts_an_unhashable_decision_from_a_plugin() -> None:
+    @attrs.frozen(hash=False)
+    class Loose(Decision):
+        extra: list[str] = attrs.field(factory=list)  # a list field: not hashable
+
+    loose = Loose(False, "listed")
+    with pytest.raises(TypeError):
+        hash(loose)
+    policy, _ = build("not(x)", x=loose)
+    assert now(policy) == Decision(True, "listed", "x")

@@ -170,10 +170,18 @@ class _Not:
         return _invert(result)
 
 
-@functools.lru_cache(maxsize=1024)
 def _invert(decision: Decision) -> Decision:
     if is_fault(decision):
         return decision
+    try:
+        return _inverted(decision)
+    except TypeError:  # an unhashable Decision subclass from a plugin
+        return Decision(not decision.allowed, decision.reason, decision.authorizer)
+
+
+@functools.lru_cache(maxsize=1024)
+def _inverted(decision: Decision) -> Decision:
+    # Cached: a rule inverts the same few decisions over and over (Decision is frozen).
     return Decision(not decision.allowed, decision.reason, decision.authorizer)
 
 
