@@ -97,3 +97,19 @@ def test_the_commented_expr_example_of_etc_gw_ini_is_valid(tmp_path: Path) -> No
     path.write_text(set_value("\n".join(lines), "authorize", "authorizers", "web"))
     (named,) = validate(path).policies["default"].authorizers
     assert named.name == "web" and isinstance(named.authorizer, ExprAuthorizer)
+
+
+def test_check_config_gives_the_same_one_line_error_for_a_bad_rule(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sections = minimal()
+    sections["authorize"] = {"authorizers": "rule"}
+    sections["authorizer:rule"] = {"type": "expr", "rule": "any(people, not(people, people))"}
+    path = write_config(tmp_path, sections)
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"mtlsgw: {path}: [authorizer:rule] rule = 'any(people, not(people, people))': at "
+        "character 13 ('not'): not() takes exactly one rule\n")
