@@ -82,11 +82,22 @@ def validate(path: str | Path) -> Checked:
     policies = {}
     upstream_tls = {}
     for route in settings.routes:
-        policies[route.name] = Policy(route.policy, build_authorizers(route.authorizers, types),
-                                      timeout=settings.authorizer_timeout)
+        policies[route.name] = _policy(route, settings, types)
         if route.upstream.scheme == "https":
             upstream_tls[route.name] = UpstreamTLS(route.upstream)
     return Checked(settings, context, policies, upstream_tls)
+
+
+def _policy(route: config.RouteSettings, settings: config.GatewaySettings,
+            types: Mapping[str, Any]) -> Policy:
+    authorizers = build_authorizers(route.authorizers, types, settings.authorizer_sections)
+    policy = Policy(route.policy, authorizers, timeout=settings.authorizer_timeout)
+    if authorizers and policy.all_shadow:
+        section = route.authorizers[0]
+        raise section.location.at("shadow", section.options.get("shadow")).error(
+            f"every authorizer of route {route.name!r} is a shadow rule: nothing would decide "
+            "(list an enforcing authorizer too)")
+    return policy
 
 
 def sweep_interval(settings: config.GatewaySettings) -> float:
@@ -116,8 +127,10 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
         upstreams.append(upstream)
         by_listener[route.listener].append(Route(
             route.name, route.prefix, route.host, route.strip_prefix,
-            attrs.evolve(checked.policies[route.name], clock=reactor), route.headers, upstream))
-    tables = {name: RouteTable(routes) for name, routes in by_listener.items()}
+            attrs.evolve(checked.policies[route.name], clock=reactor), route.headers, upstream,
+            route.normalize_path, route.deny_status))
+    tables = {listener.name: RouteTable(by_listener[listener.name], listener.escaped_slashes)
+              for listener in settings.listeners}
     return Generation(settings, checked.context, tables, tuple(upstreams), sweep)
 
 

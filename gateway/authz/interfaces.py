@@ -38,7 +38,8 @@ class Decision:
 class RequestInfo:
     """What an authorizer may know of the request, besides the identity.
 
-    ``method`` and ``path`` are as the client sent them (``path`` without the query string);
+    ``method`` is as the client sent it; ``path`` is the request path without the query string,
+    normalised as for routing (RFC 3986 §6.2.2, :mod:`gateway.pathnorm`: ``/a/../b`` is ``/b``);
     ``host`` is the ``Host`` header or ``None``; ``server_name`` the TLS SNI or ``None``;
     ``client_address`` the peer IP as text.
     """
