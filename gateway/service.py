@@ -80,8 +80,10 @@ def validate(path: str | Path) -> Checked:
     policies = {}
     upstream_tls = {}
     for route in settings.routes:
-        policies[route.name] = Policy(route.policy, build_authorizers(route.authorizers, types),
-                                      timeout=settings.authorizer_timeout)
+        policies[route.name] = Policy(
+            route.policy,
+            build_authorizers(route.authorizers, types, settings.authorizer_timeout),
+            timeout=settings.authorizer_timeout)
         if route.upstream.scheme == "https":
             upstream_tls[route.name] = UpstreamTLS(route.upstream)
     return Checked(settings, context, policies, upstream_tls)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import attrs
 from twisted.plugin import getPlugins
@@ -43,11 +44,24 @@ class NamedAuthorizer:
     authorizer: IAuthorizer
 
 
+@attrs.frozen
+class BuildContext:
+    """What the gateway tells a type that has ``build_in(name, options, context)`` besides the
+    options (it is called instead of ``build``): ``config_dir``, the folder relative file names
+    resolve against (the config file's); ``authorize_timeout``, ``[authorize] timeout`` in
+    seconds (0: no limit)."""
+
+    config_dir: Path
+    authorize_timeout: float = 0.0
+
+
 def build_authorizers(
     sections: Sequence[AuthorizerSection],
     types: Mapping[str, IAuthorizerType] | None = None,
+    authorize_timeout: float = 0.0,
 ) -> tuple[NamedAuthorizer, ...]:
-    """Build one authorizer per configured section, in order.
+    """Build one authorizer per configured section, in order (*authorize_timeout*: see
+    :class:`BuildContext`).
 
     Raises :class:`ConfigError` (one line: file, section, key, value) for an unknown ``type``, an
     option the type does not accept, or a value the type refuses.
@@ -70,7 +84,12 @@ def build_authorizers(
                 known = ", ".join(sorted(accepted | {"type"}))
                 raise section.location.at(key, value).error(f"unknown key (known keys: {known})")
         try:
-            authorizer = kind.build(section.name, dict(section.options))
+            build_in = getattr(kind, "build_in", None)
+            if build_in is not None:
+                context = BuildContext(section.location.path.parent, authorize_timeout)
+                authorizer = build_in(section.name, dict(section.options), context)
+            else:
+                authorizer = kind.build(section.name, dict(section.options))
         except OptionError as exc:
             raise section.location.at(exc.key, section.options.get(exc.key, "")).error(
                 exc.problem) from None
