@@ -121,6 +121,17 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
     return Generation(settings, checked.context, tables, tuple(upstreams), sweep)
 
 
+def close_authorizers(generation: Generation) -> None:
+    """Let the authorizers of *generation* that hold resources (the ``http`` type's connection
+    pool) release them: ``close()``, where an authorizer has one."""
+    for table in generation.tables.values():
+        for route in table:
+            for named in route.policy.authorizers:
+                close = getattr(named.authorizer, "close", None)
+                if callable(close):
+                    close()
+
+
 class _AcceptPendingPort:
     """A listening port that, when told to stop, first accepts the connections already waiting
     in its queue (the kernel would reset them when the socket closes: behind a load balancer,
@@ -291,6 +302,7 @@ class GatewayService(MultiService):
                 timer.cancel()
         for upstream in self.generation.upstreams:
             await upstream.close()
+        close_authorizers(self.generation)
         self.sweep.stop()
 
     def _abort_all(self) -> None:
@@ -333,6 +345,7 @@ class GatewayService(MultiService):
             factory.routes = new.tables[name]
         for upstream in old.upstreams:
             upstream.close()
+        close_authorizers(old)
         log.info("reloaded configuration from {path}", path=str(new.settings.path))
         return True
 

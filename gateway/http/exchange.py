@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from gateway.authz.interfaces import Decision, RequestInfo
 from gateway.authz.policy import Policy
+from gateway.authz.remote_http import with_decision_headers
 from gateway.config import HeaderSettings
 from gateway.headers import upstream_request_headers, without_hop_by_hop
 from gateway.http.pool import Upstream, UpstreamRequest
@@ -123,6 +124,7 @@ class Exchange:
             host=host.decode("latin-1") if host is not None else None,
             server_name=self.connection.server_name,
             client_address=self.connection.peer_host,
+            headers=head.headers,
         )
         decision = self.route.policy.decide_now(self.connection.identity, info)
         if isinstance(decision, Deferred):
@@ -205,6 +207,8 @@ class Exchange:
             head.headers, connection.identity, route.headers, connection.peer_host, client_host,
             tls=connection.tls,
             upstream_host=upstream_host if upstream_host != client_host else None)
+        if decision.upstream_headers:  # from an authorization service (type http)
+            headers = with_decision_headers(headers, decision.upstream_headers, route.headers)
         target = upstream.base_path + upstream_target(head.target, route.prefix,
                                                       route.strip_prefix)
         if head.upgrade and head.version == b"HTTP/1.1":

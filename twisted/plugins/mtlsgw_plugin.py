@@ -12,6 +12,7 @@ from zope.interface import implementer
 
 from gateway.authz.allowlist import file_type
 from gateway.authz.builtin import any_type, cn_type, fingerprint_type, san_type
+from gateway.authz.remote import http_type
 
 
 class Options(usage.Options):
@@ -67,3 +68,4 @@ san = san_type
 fingerprint = fingerprint_type
 any_certificate = any_type
 allowlist_file = file_type
+remote_http = http_type
