@@ -4,6 +4,8 @@ on_error = allow, max_in_flight), the decision cache, keep-alive, allowed_upstre
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -13,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from harness import (
     DEADLINE,
     client_context,
@@ -34,7 +37,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        peer = getattr(self.connection, "getpeercert", lambda: None)()
         record = {"path": self.path, "peer_port": self.client_address[1],
+                  "client_certificate": peer and dict(x[0] for x in peer["subject"]),
                   "headers": [[k, v] for k, v in self.headers.raw_items()]}
         with self.server.lock:
             self.server.requests.append(record)
@@ -50,19 +55,27 @@ class _Handler(BaseHTTPRequestHandler):
 class _Service(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.tls = tls
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
         self.answer: Callable[[dict[str, Any]], Answer] = lambda record: (200, [])
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.tls is not None:  # handshake in the handler thread, on first read
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
 
 class AuthService:
     """A real HTTP/1.1 authorization service on loopback; ``answer`` decides each check."""
 
-    def __init__(self) -> None:
-        self._server = _Service()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/check"
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._server = _Service(tls)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}/check"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     @property
@@ -308,3 +321,30 @@ def test_config_mistakes_are_one_line(tmp_path, pki, upstream, options, message)
     assert check.returncode == 1
     assert message in check.stderr
     assert check.stderr.count("\n") == 1
+
+
+def test_https_service_with_the_gateways_client_certificate(start_gateway, pki):
+    server = pki.leaf("authz-service", "authz.internal", sans=["dns:authz.internal"],
+                      eku=(ExtendedKeyUsageOID.SERVER_AUTH,))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(server.cert), str(server.key))
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(str(pki.ca))
+    service = AuthService(context)
+    client = pki.alice()
+    try:
+        options = {"type": "http", "url": service.url, "ca": str(pki.ca),
+                   "server_name": "authz.internal", "certificate": str(client.cert),
+                   "private_key": str(client.key)}
+        gateway = start_gateway({"authorize": {"authorizers": "remote"},
+                                 "authorizer:remote": options}, drop=("authorizer:team",))
+        assert _get(gateway, pki)[0] == 200
+        assert service.requests[0]["client_certificate"]["commonName"] == "alice"
+        # The name checked is server_name: another name fails closed.
+        wrong = start_gateway({"authorize": {"authorizers": "remote"},
+                               "authorizer:remote": {**options, "server_name": "other"}},
+                              drop=("authorizer:team",))
+        assert _get(wrong, pki)[2] == b"403 Forbidden: authorizer-unavailable\n"
+        assert len(service.requests) == 1
+    finally:
+        service.close()
