@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
@@ -121,15 +121,19 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
     return Generation(settings, checked.context, tables, tuple(upstreams), sweep)
 
 
-def close_authorizers(generation: Generation) -> None:
-    """Let the authorizers of *generation* that hold resources (the ``http`` type's connection
+def close_policies(policies: Iterable[Policy]) -> None:
+    """Let the authorizers of *policies* that hold resources (the ``http`` type's connection
     pool) release them: ``close()``, where an authorizer has one."""
-    for table in generation.tables.values():
-        for route in table:
-            for named in route.policy.authorizers:
-                close = getattr(named.authorizer, "close", None)
-                if callable(close):
-                    close()
+    for policy in policies:
+        for named in policy.authorizers:
+            close = getattr(named.authorizer, "close", None)
+            if callable(close):
+                close()
+
+
+def close_authorizers(generation: Generation) -> None:
+    """:func:`close_policies` of every route of *generation* (replaced, or shutting down)."""
+    close_policies(route.policy for table in generation.tables.values() for route in table)
 
 
 class _AcceptPendingPort:
