@@ -33,7 +33,7 @@ from zope.interface import implementer
 from gateway import config
 from gateway.accesslog import BufferedLogObserver, offer_observer
 from gateway.authz.policy import Policy
-from gateway.authz.registry import available_types, build_authorizers
+from gateway.authz.registry import NamedAuthorizer, available_types, build_authorizers
 from gateway.http.exchange import Route
 from gateway.http.pool import Upstream
 from gateway.http.server import Listener, Sweep
@@ -79,10 +79,13 @@ def validate(path: str | Path) -> Checked:
     types = available_types()
     policies = {}
     upstream_tls = {}
+    built: dict[str, NamedAuthorizer] = {}  # one authorizer per section, shared by its routes
     for route in settings.routes:
+        fresh = [section for section in route.authorizers if section.name not in built]
+        for named in build_authorizers(fresh, types, settings.authorizer_timeout):
+            built[named.name] = named
         policies[route.name] = Policy(
-            route.policy,
-            build_authorizers(route.authorizers, types, settings.authorizer_timeout),
+            route.policy, tuple(built[section.name] for section in route.authorizers),
             timeout=settings.authorizer_timeout)
         if route.upstream.scheme == "https":
             upstream_tls[route.name] = UpstreamTLS(route.upstream)
@@ -123,11 +126,13 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
 
 def close_policies(policies: Iterable[Policy]) -> None:
     """Let the authorizers of *policies* that hold resources (the ``http`` type's connection
-    pool) release them: ``close()``, where an authorizer has one."""
+    pool) release them: ``close()``, once each, where an authorizer has one."""
+    closed: set[int] = set()
     for policy in policies:
         for named in policy.authorizers:
             close = getattr(named.authorizer, "close", None)
-            if callable(close):
+            if callable(close) and id(named.authorizer) not in closed:
+                closed.add(id(named.authorizer))
                 close()
 
 

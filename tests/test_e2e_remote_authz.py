@@ -348,3 +348,21 @@ def test_https_service_with_the_gateways_client_certificate(start_gateway, pki):
         assert len(service.requests) == 1
     finally:
         service.close()
+
+
+def test_a_section_used_by_two_routes_is_one_authorizer(tmp_path, pki, upstream):
+    from gateway.service import validate
+
+    sections = {
+        "gateway": {"upstream": upstream.url, "listen": "tcp:0"},
+        "tls": {"certificate": str(pki.server.cert), "private_key": str(pki.server.key),
+                "client_ca": str(pki.ca)},
+        "authorize": {"authorizers": "remote"},
+        "authorizer:remote": {"type": "http", "url": "http://127.0.0.1:9/check"},
+        "route:api": {"prefix": "/api/", "upstream": upstream.url, "authorizers": "remote"},
+    }
+    path = tmp_path / "gw.ini"
+    path.write_text(render_ini(sections))
+    policies = validate(path).policies
+    (default,), (api,) = policies["default"].authorizers, policies["api"].authorizers
+    assert default.authorizer is api.authorizer  # one pool, one cache, one max_in_flight
