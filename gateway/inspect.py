@@ -240,19 +240,17 @@ def _inspect_request(checked: Any, identity: ClientIdentity, leaf: bytes,
         mark = "selected " if route is selected else ""
         print(f"{mark}route {route.name} ({route.host or '*'}{route.prefix} -> "
               f"{route.upstream.url}): {_decision_text(decision)}", file=out)
-        if route is selected:
-            headers = upstream_request_headers(
-                [(b"Host", host)] if host is not None else [],
-                identity if listener.tls else None, route.headers, request.client_address,
-                host, tls=listener.tls)
-            if decision.upstream_headers:
-                headers = with_decision_headers(headers, decision.upstream_headers,
-                                                route.headers)
-            print("  headers the gateway adds upstream (the client's own kept, its identity "
-                  "headers removed):", file=out)
-            _print_headers(out, [h for h in headers if h[0].lower() != b"host"])
-            if not decision.allowed:
-                status = DENIED
+        headers = upstream_request_headers(
+            [(b"Host", host)] if host is not None else [],
+            identity if listener.tls else None, route.headers, request.client_address,
+            host, tls=listener.tls)
+        if decision.upstream_headers:
+            headers = with_decision_headers(headers, decision.upstream_headers, route.headers)
+        print("  headers the gateway adds upstream (the client's own kept, its identity "
+              "headers removed):", file=out)
+        _print_headers(out, [h for h in headers if h[0].lower() != b"host"])
+        if route is selected and not decision.allowed:
+            status = DENIED
     if selected is None:
         print("no route: the gateway would answer 404 no-route", file=out)
         return DENIED

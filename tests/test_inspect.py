@@ -61,9 +61,15 @@ def test_prints_identity_headers_and_each_routes_decision(tmp_path, pki, upstrea
             "): allow (reason cn-allowed, authorizer team)") in lines
     assert (f"route admin (*/admin/ -> {upstream.url}): deny (reason cn-not-allowed, "
             "authorizer ops)") in lines
-    assert "    X-Client-CN: alice" in lines
-    assert "    X-Forwarded-Host: localhost" in lines
-    assert not any(line.startswith("    X-Admin-") for line in lines)
+    # Under each route the headers of its own formats and prefix.
+    admin = lines.index(f"route admin (*/admin/ -> {upstream.url}): deny (reason "
+                        "cn-not-allowed, authorizer ops)")
+    default = [line for line in lines[:admin] if line.startswith("    ")]
+    assert "    X-Client-CN: alice" in default
+    assert "    X-Forwarded-Host: localhost" in default
+    assert not any(line.startswith("    X-Admin-") for line in default)
+    assert "    X-Admin-CN: alice" in lines[admin:]
+    assert not any(line.startswith("    X-Client-") for line in lines[admin:])
 
 
 def test_selected_route_decides_the_exit_status(tmp_path, pki, upstream):
