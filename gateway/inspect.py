@@ -2,11 +2,12 @@
 
 Prints the :class:`~gateway.identity.ClientIdentity` read from the certificate, whether it would
 pass verification against the configured ``client_ca`` (OpenSSL's verdict and reason, with
-``--chain`` as the intermediates the client sends), the headers the gateway would add to the
-upstream request on the route it selects for ``--host`` and ``--path`` (computed by the function
-the request path calls, so they are exactly the bytes an upstream gets), and every route's
-decision on that listener with the authorizer and reason that decided it. Authorizers run for
-real: an ``http`` authorizer asks its service (the reactor runs for that call).
+``--chain``, or the file's further certificates, as the intermediates the client sends), and for
+every route of the listener its decision (the authorizer and reason that decided) and the headers
+the gateway would add to the upstream request there (computed by the function the request path
+calls, so they are exactly the bytes an upstream gets). The route selected for ``--host`` and
+``--path`` decides the exit status. Authorizers run for real: an ``http`` authorizer asks its
+service (the reactor runs for that call).
 
 Exit status: 0 allowed, 3 denied (also: no route, a request the gateway would refuse, or a
 certificate that would fail verification), 2 unreadable certificate file, 1 bad configuration.
@@ -196,7 +197,8 @@ def inspect(certificate: Path, config_path: Path | None, request: Request,
         return CONFIG_ERROR
     _print_identity(out, certificate, identity)
     try:
-        return _inspect_request(checked, identity, blocks[0], chain_blocks, request, out, err)
+        return _inspect_request(checked, identity, blocks[0], chain_blocks or blocks[1:],
+                                request, out, err)
     finally:
         close_policies(checked.policies.values())
 

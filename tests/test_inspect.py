@@ -130,6 +130,8 @@ def test_chain_option_supplies_the_intermediates(tmp_path, pki, upstream):
     out, err_io = io.StringIO(), io.StringIO()
     assert inspect(leaf.cert, config, Request(), bundle, out, err_io) == 0, err_io.getvalue()
     assert "verification against" in out.getvalue() and ": OK" in out.getvalue()
+    # A certificate file holding the chain after the leaf: the same.
+    assert _inspect(pki.via_intermediate(send_chain=True).cert, config)[0] == 0
 
 
 def test_no_route_is_denied(tmp_path, pki, upstream):
