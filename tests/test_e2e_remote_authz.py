@@ -4,6 +4,7 @@ on_error = allow, max_in_flight), the decision cache, keep-alive, allowed_upstre
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import subprocess
@@ -51,6 +52,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b"ok")
 
+    def finish(self) -> None:
+        super().finish()
+        with self.server.lock:
+            self.server.closed.append(self.client_address[1])
+
 
 class _Service(ThreadingHTTPServer):
     daemon_threads = True
@@ -60,6 +66,7 @@ class _Service(ThreadingHTTPServer):
         self.tls = tls
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
+        self.closed: list[int] = []  # peer ports of the connections that ended
         self.answer: Callable[[dict[str, Any]], Answer] = lambda record: (200, [])
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -81,6 +88,10 @@ class AuthService:
     @property
     def requests(self) -> list[dict[str, Any]]:
         return self._server.requests
+
+    @property
+    def closed(self) -> list[int]:
+        return self._server.closed
 
     def answer(self, function: Callable[[dict[str, Any]], Answer]) -> None:
         self._server.answer = function
@@ -366,3 +377,15 @@ def test_a_section_used_by_two_routes_is_one_authorizer(tmp_path, pki, upstream)
     policies = validate(path).policies
     (default,), (api,) = policies["default"].authorizers, policies["api"].authorizers
     assert default.authorizer is api.authorizer  # one pool, one cache, one max_in_flight
+
+
+def test_reload_closes_the_old_pool(remote, service, pki):
+    gateway = remote()
+    assert _get(gateway, pki)[0] == 200
+    first = service.requests[0]["peer_port"]
+    gateway.process.send_signal(signal.SIGHUP)
+    gateway.wait_log("reloaded configuration")
+    # At once, not after the 4 s idle timeout of a pool left behind.
+    wait_for(lambda: first in service.closed, "the old pool's connection to close", timeout=2.5)
+    assert _get(gateway, pki)[0] == 200
+    assert service.requests[1]["peer_port"] != first
