@@ -126,6 +126,7 @@ class Limits:
     drain_timeout: float  # seconds in-flight requests get to finish on SIGTERM
     access_log: str  # "all" | "problems" (denied, refused, status >= 400, aborted)
     max_header_count: int = 100  # header lines in one request head (431)
+    drain_delay: float = 0.0  # seconds still accepting after SIGTERM, before the drain
 
 
 @attrs.frozen
@@ -186,6 +187,9 @@ class GatewaySettings:
     authorizer_timeout: float = 5.0  # seconds an authorizer may take; then it counts as a denial
     workers: int = 1  # worker processes (``auto`` resolved); see :mod:`gateway.workers`
     workers_auto: bool = False  # ``workers = auto``
+    # ``watch_files``: seconds between two checks of the files named here (0: not watched);
+    # see :mod:`gateway.watch`.
+    watch_interval: float = 0.0
 
     @property
     def supervised(self) -> bool:
@@ -227,6 +231,9 @@ _GATEWAY_KEYS = _UPSTREAM_KEYS | _LISTENER_KEYS | {
     "drain_timeout",
     "access_log",
     "workers",
+    "drain_delay",
+    "watch_files",
+    "watch_interval",
 }
 _TLS_KEYS = {
     "certificate",
@@ -772,6 +779,7 @@ def load(path: str | Path) -> GatewaySettings:
             drain_timeout=gateway.seconds("drain_timeout", 10.0, allow_zero=True),
             access_log=gateway.choice("access_log", "all", ("all", "problems")),
             max_header_count=gateway.integer("max_header_count", 100, 1, 10000),
+            drain_delay=gateway.seconds("drain_delay", 0.0, allow_zero=True),
         ),
         authorizer_timeout=sections["authorize"].seconds("timeout", 5.0, allow_zero=True),
         tls=tls,
@@ -779,4 +787,11 @@ def load(path: str | Path) -> GatewaySettings:
         routes=tuple(routes),
         workers=workers,
         workers_auto=workers_auto,
+        watch_interval=_watch_interval(gateway),
     )
+
+
+def _watch_interval(section: _Section) -> float:
+    """``watch_files`` and ``watch_interval``: the seconds between two checks, 0 for off."""
+    interval = section.seconds("watch_interval", 5.0)  # checked even while off
+    return interval if section.boolean("watch_files", False) else 0.0
