@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from gateway import config
 from gateway.accesslog import BufferedLogObserver, offer_observer
+from gateway.authz.interfaces import IAuthorizer
 from gateway.authz.policy import Policy
 from gateway.authz.registry import available_types, build_authorizers
 from gateway.http.exchange import Route
@@ -57,6 +58,8 @@ class Checked:
     context: Any  # OpenSSL.SSL.Context, or None when no listener uses TLS
     policies: dict[str, Policy]  # by route name
     upstream_tls: dict[str, UpstreamTLS]  # by route name, for https upstreams
+    # every authorizer built, once each (also those only a rule names), to close on replacement
+    authorizers: tuple[IAuthorizer, ...] = ()
 
 
 @attrs.frozen
@@ -68,6 +71,7 @@ class Generation:
     tables: dict[str, RouteTable[Route]]  # by listener name
     upstreams: tuple[Upstream, ...]
     sweep: Sweep  # the timer sweep of the upstream connections and the client connections
+    authorizers: tuple[Any, ...] = ()  # every authorizer built (Checked.authorizers)
 
 
 def validate(path: str | Path) -> Checked:
@@ -81,16 +85,18 @@ def validate(path: str | Path) -> Checked:
     types = available_types()
     policies = {}
     upstream_tls = {}
+    built: dict[str, IAuthorizer] = {}  # one authorizer per section, shared by its routes
     for route in settings.routes:
-        policies[route.name] = _policy(route, settings, types)
+        policies[route.name] = _policy(route, settings, types, built)
         if route.upstream.scheme == "https":
             upstream_tls[route.name] = UpstreamTLS(route.upstream)
-    return Checked(settings, context, policies, upstream_tls)
+    return Checked(settings, context, policies, upstream_tls, tuple(built.values()))
 
 
 def _policy(route: config.RouteSettings, settings: config.GatewaySettings,
-            types: Mapping[str, Any]) -> Policy:
-    authorizers = build_authorizers(route.authorizers, types, settings.authorizer_sections)
+            types: Mapping[str, Any], built: dict[str, IAuthorizer]) -> Policy:
+    authorizers = build_authorizers(route.authorizers, types, settings.authorizer_sections,
+                                    settings.authorizer_timeout, built)
     policy = Policy(route.policy, authorizers, timeout=settings.authorizer_timeout)
     if authorizers and policy.all_shadow:
         section = route.authorizers[0]
@@ -131,7 +137,17 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
             route.normalize_path, route.deny_status))
     tables = {listener.name: RouteTable(by_listener[listener.name], listener.escaped_slashes)
               for listener in settings.listeners}
-    return Generation(settings, checked.context, tables, tuple(upstreams), sweep)
+    return Generation(settings, checked.context, tables, tuple(upstreams), sweep,
+                      checked.authorizers)
+
+
+def close_authorizers(authorizers: Iterable[IAuthorizer]) -> None:
+    """Let the *authorizers* that hold resources (the ``http`` type's connection pool) release
+    them: ``close()`` where one has it; called when a reload replaces them and at shutdown."""
+    for authorizer in authorizers:
+        close = getattr(authorizer, "close", None)
+        if callable(close):
+            close()
 
 
 class _AcceptPendingPort:
@@ -335,6 +351,7 @@ class GatewayService(MultiService):
                 timer.cancel()
         for upstream in self.generation.upstreams:
             await upstream.close()
+        close_authorizers(self.generation.authorizers)
         self.sweep.stop()
 
     def _abort_all(self) -> None:
@@ -362,6 +379,7 @@ class GatewayService(MultiService):
             log.error("reload refused: listeners changed (listen, tls); restart to apply")
             for upstream in new.upstreams:
                 upstream.close()
+            close_authorizers(new.authorizers)
             return False
         if new.settings.limits != old.settings.limits or (
                 new.settings.tls and old.settings.tls
@@ -377,6 +395,7 @@ class GatewayService(MultiService):
             factory.routes = new.tables[name]
         for upstream in old.upstreams:
             upstream.close()
+        close_authorizers(old.authorizers)
         log.info("reloaded configuration from {path}", path=str(new.settings.path))
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import attrs
 from twisted.plugin import getPlugins
@@ -44,32 +45,51 @@ class NamedAuthorizer:
     authorizer: IAuthorizer
 
 
+@attrs.frozen
+class BuildContext:
+    """What the gateway tells a type that has ``build_in(name, options, context)`` besides the
+    options (it is called instead of ``build``): ``config_dir``, the folder relative file names
+    resolve against (the config file's); ``authorize_timeout``, ``[authorize] timeout`` in
+    seconds (0: no limit)."""
+
+    config_dir: Path
+    authorize_timeout: float = 0.0
+
+
 def build_authorizers(
     sections: Sequence[AuthorizerSection],
     types: Mapping[str, IAuthorizerType] | None = None,
     defined: Mapping[str, AuthorizerSection] | None = None,
+    authorize_timeout: float = 0.0,
+    built: dict[str, IAuthorizer] | None = None,
 ) -> tuple[NamedAuthorizer, ...]:
-    """Build one authorizer per configured section, in order.
+    """Build one authorizer per configured section, in order (*authorize_timeout*: see
+    :class:`BuildContext`).
 
     *defined* holds every ``[authorizer:NAME]`` section of the file, which ``type = expr`` rules
     may name (default: *sections* themselves); each section is built once per call, also when
-    several rules name it. Raises :class:`ConfigError` (one line: file, section, key, value) for
-    an unknown ``type``, an option the type does not accept, a value the type refuses, or a rule
-    naming an authorizer that does not exist, names itself (also through others), or is a
-    ``shadow`` rule.
+    several rules name it, and once across calls that pass the same *built* mapping (section
+    name to authorizer: the routes that list one section share its authorizer).
+
+    Raises :class:`ConfigError` (one line: file, section, key, value) for an unknown ``type``, an
+    option the type does not accept, a value the type refuses, or a rule naming an authorizer
+    that does not exist, names itself (also through others), or is a ``shadow`` rule.
     """
     if types is None:
         types = available_types()
-    builder = _Builder(types, defined if defined is not None else {s.name: s for s in sections})
+    builder = _Builder(types, defined if defined is not None else {s.name: s for s in sections},
+                       authorize_timeout, built if built is not None else {})
     return tuple(NamedAuthorizer(section.name, builder.build(section)) for section in sections)
 
 
 class _Builder:
     def __init__(self, types: Mapping[str, IAuthorizerType],
-                 defined: Mapping[str, AuthorizerSection]) -> None:
+                 defined: Mapping[str, AuthorizerSection], authorize_timeout: float,
+                 built: dict[str, IAuthorizer]) -> None:
         self.types = types
         self.defined = defined
-        self.built: dict[str, IAuthorizer] = {}
+        self.authorize_timeout = authorize_timeout
+        self.built = built
         self.building: list[str] = []
 
     def resolve(self, name: str) -> IAuthorizer:
@@ -120,7 +140,12 @@ class _Builder:
                 f"plugin {type(kind).__module__}: keys is not a set of option names") from None
         self._check_keys(section, accepted)
         try:
-            authorizer = kind.build(section.name, dict(section.options))
+            build_in = getattr(kind, "build_in", None)
+            if build_in is not None:
+                context = BuildContext(section.location.path.parent, self.authorize_timeout)
+                authorizer = build_in(section.name, dict(section.options), context)
+            else:
+                authorizer = kind.build(section.name, dict(section.options))
         except OptionError as exc:
             raise section.location.at(exc.key, section.options.get(exc.key, "")).error(
                 exc.problem) from None

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from gateway.authz.interfaces import Decision, RequestInfo
 from gateway.authz.policy import Policy
+from gateway.authz.remote_http import with_decision_headers
 from gateway.config import HeaderSettings
 from gateway.formats import RFC9440
 from gateway.headers import upstream_request_headers, vary_for_client_cert, without_hop_by_hop
@@ -138,6 +139,7 @@ class Exchange:
             host=host.decode("latin-1") if host is not None else None,
             server_name=self.connection.server_name,
             client_address=self.connection.peer_host,
+            headers=head.headers,
         )
         decision = self.route.policy.decide_now(self.connection.identity, info)
         if isinstance(decision, Deferred):
@@ -224,6 +226,8 @@ class Exchange:
             upstream_host=upstream_host if upstream_host != client_host else None,
             intermediates=(connection.peer_chain if route.headers.formats != _NGINX_ONLY
                            else ()))
+        if decision.upstream_headers:  # from an authorization service (type http)
+            headers = with_decision_headers(headers, decision.upstream_headers, route.headers)
         target = upstream.base_path + upstream_target(
             self.target if route.normalize_path else head.target, route.prefix,
             route.strip_prefix)
