@@ -34,6 +34,7 @@ from gateway.authz.remote_http import with_decision_headers
 from gateway.config import ConfigError, HeaderSettings, RouteSettings
 from gateway.headers import upstream_request_headers
 from gateway.identity import ClientIdentity
+from gateway.pathnorm import normalize_target
 from gateway.routes import RouteTable
 from gateway.target import check_request, host_name
 from gateway.tls import leaf_problem, verify_error_string
@@ -207,6 +208,8 @@ def _inspect_request(checked: Any, identity: ClientIdentity, leaf: bytes,
                      chain: list[bytes], request: Request, out: TextIO, err: TextIO) -> int:
     settings = checked.settings
     status = ALLOWED
+    if chain:  # the issuing CA, as the verified chain gives it to issuer_sha256 matchers
+        identity = identity.with_issuer(chain[0])
     if checked.context is not None and settings.tls is not None:
         problem = verification_problem(checked.context.get_cert_store(), leaf, chain,
                                        settings.tls.verify_depth)
@@ -233,7 +236,13 @@ def _inspect_request(checked: Any, identity: ClientIdentity, leaf: bytes,
         print(f"  the gateway would answer {problem_answer[0]} {problem_answer[1]}", file=out)
         return DENIED
     routes: list[RouteSettings] = [r for r in settings.routes if r.listener == listener.name]
-    path = request.path.split("?", 1)[0]
+    normal = normalize_target(target, listener.escaped_slashes)  # as the request path does
+    if normal is None:
+        print("  the gateway would answer 400 escaped-slash-in-path", file=out)
+        return DENIED
+    path = normal.decode("latin-1").split("?", 1)[0]
+    if normal != target:
+        print(f"  normalised path: {path}", file=out)
     selected = RouteTable(routes).match(host_name(host) if host else None, path)
     info = RequestInfo(request.method, path, request.host, None, request.client_address,
                        headers=[(b"Host", host)] if host is not None else [])
@@ -245,7 +254,7 @@ def _inspect_request(checked: Any, identity: ClientIdentity, leaf: bytes,
         headers = upstream_request_headers(
             [(b"Host", host)] if host is not None else [],
             identity if listener.tls else None, route.headers, request.client_address,
-            host, tls=listener.tls)
+            host, tls=listener.tls, intermediates=tuple(chain))
         if decision.upstream_headers:
             headers = with_decision_headers(headers, decision.upstream_headers, route.headers)
         print("  headers the gateway adds upstream (the client's own kept, its identity "

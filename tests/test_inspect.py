@@ -193,3 +193,25 @@ def test_http_authorizer_is_asked_for_real(tmp_path, pki, upstream):
         assert "deny (reason nope, authorizer remote)" in check.stdout
     finally:
         service.close()
+
+
+def test_path_is_normalised_as_the_request_path_does(tmp_path, pki, upstream):
+    config = _config(tmp_path, pki, upstream)
+    status, out, _ = _inspect(pki.bob().cert, config, path="/app/../%61dmin//users")
+    assert status == 0
+    assert "  normalised path: /admin/users" in out.splitlines()
+    assert "selected route admin (*/admin/ -> " in out
+    rejecting = _config(tmp_path, pki, upstream, gateway={"escaped_slashes": "reject"})
+    status, out, _ = _inspect(pki.bob().cert, rejecting, path="/admin%2F../x")
+    assert status == 3
+    assert "  the gateway would answer 400 escaped-slash-in-path" in out.splitlines()
+
+
+def test_every_configured_format_is_printed(tmp_path, pki, upstream):
+    config = _config(tmp_path, pki, upstream,
+                     headers={"formats": "nginx, xfcc, rfc9440, traefik"})
+    status, out, _ = _inspect(pki.alice().cert, config, path="/app/x")
+    assert status == 0
+    for header in ("X-Client-CN", "X-Forwarded-Client-Cert", "Client-Cert",
+                 "X-Forwarded-Tls-Client-Cert", "X-Forwarded-Tls-Client-Cert-Info"):
+        assert any(line.startswith(f"    {header}: ") for line in out.splitlines()), header
