@@ -11,7 +11,8 @@ forwards; the query is kept as it is. Steps, on the path only:
    URL parsers and Envoy's normalisation do);
 2. percent-encoded unreserved characters are decoded (``%61`` is ``a``, ``%2E`` is ``.``;
    RFC 3986 §6.2.2.2), and the hex digits of the other percent-encodings are upper-cased
-   (§6.2.2.1); a ``%`` not followed by two hex digits stays as it is;
+   (§6.2.2.1); a ``%`` not followed by two hex digits stays as it is, and so does an encoded
+   hex digit that would make an escape with it (``%%32e`` is not turned into ``%2e``);
 3. runs of ``/`` are merged into one (``//admin`` is ``/admin``, as nginx's ``merge_slashes``);
 4. ``.`` and ``..`` segments are resolved (RFC 3986 §5.2.4); ``..`` never climbs above ``/``.
 
@@ -37,9 +38,26 @@ _SLASHES = re.compile(rb"/{2,}")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
-def _percent(match: re.Match[bytes]) -> bytes:
-    byte = int(match.group(1), 16)
-    return bytes((byte,)) if byte in _UNRESERVED else b"%" + match.group(1).upper()
+_HEX = frozenset(b"0123456789ABCDEFabcdef")
+
+
+def _decode_percents(path: bytes) -> bytes:
+    # Step 2 in one pass. A hex digit decoded just after a stray "%" or "%H" would make a new
+    # escape ("%%32e" into "%2e", which a second decoding turns into "."), so it stays encoded:
+    # the result normalises to itself, and an upstream decoding once sees what was routed.
+    out = bytearray()
+    end = 0
+    for match in _PERCENT.finditer(path):
+        out += path[end:match.start()]
+        end = match.end()
+        byte = int(match.group(1), 16)
+        if byte in _UNRESERVED and not (
+                byte in _HEX and (out.endswith(b"%") or out[-2:-1] == b"%")):
+            out.append(byte)
+        else:
+            out += b"%" + match.group(1).upper()
+    out += path[end:]
+    return bytes(out)
 
 
 def normalize_path(path: bytes, escaped_slashes: str = "keep") -> bytes | None:
@@ -53,7 +71,7 @@ def normalize_path(path: bytes, escaped_slashes: str = "keep") -> bytes | None:
             return None
         path = _ESCAPED_SLASH.sub(b"/", path)
     if b"%" in path:
-        path = _PERCENT.sub(_percent, path)
+        path = _decode_percents(path)
     path = _SLASHES.sub(b"/", path)
     if b"/." in path:
         path = _remove_dot_segments(path)
