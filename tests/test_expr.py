@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.authz.expr import ExprError, Node, Value, parse
+from gateway.authz.expr import MAX_DEPTH, ExprError, Node, Value, parse
 
 KEYED = {"subject", "issuer", "spiffe"}
 
@@ -80,3 +80,16 @@ def test_errors_name_position_and_token(text: str, position: int, token: str,
     assert problem in error.problem
     assert str(error).startswith(f"at character {position} (")
     assert "\n" not in str(error).replace("\\n", "")
+
+
+def test_nesting_deeper_than_the_limit_is_an_error_not_a_recursion_error() -> None:
+    deep = "not(" * (MAX_DEPTH + 1) + "team" + ")" * (MAX_DEPTH + 1)
+    with pytest.raises(ExprError) as caught:
+        parse(deep, KEYED)
+    assert caught.value.position == 4 * MAX_DEPTH + 1
+    assert f"nested more than {MAX_DEPTH} deep" in caught.value.problem
+    for text in ("all(" * 5000 + "team", "all(" * 5000 + "team" + ")" * 5000):
+        with pytest.raises(ExprError):
+            parse(text, KEYED)
+    ok = "not(" * MAX_DEPTH + "team" + ")" * MAX_DEPTH
+    assert parse(ok, KEYED).name == "not"

@@ -319,3 +319,13 @@ def test_not_inverts_an_unhashable_decision_from_a_plugin() -> None:
         hash(loose)
     policy, _ = build("not(x)", x=loose)
     assert now(policy) == Decision(True, "listed", "x")
+
+
+def test_rules_naming_rules_too_deep_are_one_config_line_not_a_recursion_error() -> None:
+    # A chain of rules each nested to the limit: refused at build, never a RecursionError at
+    # build or per request.
+    deep = "not(" * 30 + "{}" + ")" * 30
+    chain = [section(f"c{i}", "expr", rule=deep.format(f"c{i + 1}")) for i in range(60)]
+    chain.append(section("c60", "cn", allow="alice"))
+    message = build_error(deep.format("c0"), *chain)
+    assert "nested more than 32 deep (through the rules it names or that name it)" in message

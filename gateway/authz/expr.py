@@ -19,7 +19,7 @@ parentheses is a function: ``all``, ``any``, ``not`` or a matcher. Which functio
 :func:`parse`'s *keyed*): the parser only builds the tree.
 
 Every mistake raises :class:`ExprError` with the 1-based character position and the offending
-token.
+token; calls nested more than :data:`MAX_DEPTH` deep are one too.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from collections.abc import Collection
 import attrs
 
 COMBINATORS = frozenset({"all", "any", "not"})
+#: How deep calls may nest (``not(not(...))``), also through the rules a rule names: deeper is
+#: an :class:`ExprError` rather than a Python ``RecursionError``.
+MAX_DEPTH = 32
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SPACE = re.compile(r"\s*")
 _BARE_STOP = frozenset(',()"')
@@ -143,15 +146,17 @@ class _Parser:
         self.at = match.end()
         return match.group(), match.start()
 
-    def node(self) -> Node:
+    def node(self, depth: int = 0) -> Node:
         name, start = self.name("an authorizer name or a function such as all(...)")
         if self.peek() != "(":
             return Node(name, start + 1)
+        if depth >= MAX_DEPTH:
+            raise self.error(f"calls nested more than {MAX_DEPTH} deep", start, name)
         self.at += 1
         args: list[Node | Value] = []
         if self.peek() != ")":
             while True:
-                args.append(self.node() if name in COMBINATORS else self.value(name))
+                args.append(self.node(depth + 1) if name in COMBINATORS else self.value(name))
                 if self.peek() != ",":
                     break
                 self.at += 1

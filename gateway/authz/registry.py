@@ -92,28 +92,31 @@ class _Builder:
         self.built = built
         self.building: list[str] = []
 
-    def resolve(self, name: str) -> IAuthorizer:
-        """The authorizer a rule names; ``LookupError`` when it cannot be used there."""
+    def resolve(self, name: str, depth: int = 0) -> IAuthorizer:
+        """The authorizer a rule names (the reference nested *depth* deep); ``LookupError`` when
+        it cannot be used there."""
         section = self.defined.get(name)
         if section is None:
             raise LookupError(f"no [authorizer:{name}] section")
         if name in self.building:
             cycle = " -> ".join([*self.building[self.building.index(name):], name])
             raise LookupError(f"the rule names itself ({cycle})")
-        authorizer = self.build(section)
+        if section.type == "expr" and depth >= rule.MAX_DEPTH:
+            raise LookupError(rule.TOO_DEEP)
+        authorizer = self.build(section, depth)
         if isinstance(authorizer, rule.ExprAuthorizer) and authorizer.shadow:
             raise LookupError("a shadow = yes rule is only listed in authorizers, not named "
                               "in another rule")
         return authorizer
 
-    def build(self, section: AuthorizerSection) -> IAuthorizer:
+    def build(self, section: AuthorizerSection, depth: int = 0) -> IAuthorizer:
         if section.name in self.built:
             return self.built[section.name]
         if section.type == "expr":
             self._check_keys(section, rule.KEYS)
             self.building.append(section.name)
             try:
-                authorizer: IAuthorizer = rule.build(section, self.resolve)
+                authorizer: IAuthorizer = rule.build(section, self.resolve, depth)
             finally:
                 self.building.pop()
         else:

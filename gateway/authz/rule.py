@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.authz import matchers
-from gateway.authz.expr import COMBINATORS, ExprError, Node, parse
+from gateway.authz.expr import COMBINATORS, MAX_DEPTH, ExprError, Node, parse
 from gateway.authz.interfaces import ClientIdentity, Decision, IAuthorizer, RequestInfo
 from gateway.authz.outcome import checked, failed
 from gateway.config import _BOOLEANS, AuthorizerSection
@@ -199,6 +199,7 @@ class ExprAuthorizer:
     rule: str
     root: _Node = attrs.field(repr=False)
     shadow: bool = False
+    depth: int = 0  # how deeply its calls nest, through the rules it names (<= MAX_DEPTH)
 
     def authorize(self, identity: Identity, request: RequestInfo) -> Outcome:
         """The rule's decision for *identity* making *request* (a Decision, or a Deferred that
@@ -210,14 +211,18 @@ class ExprAuthorizer:
         return self.root.eval(identity, request, limits)
 
 
-Resolve = Callable[[str], IAuthorizer]
+#: ``resolve(name, depth)``: *depth* is how deeply the reference is nested (rules naming this
+#: one counted), so that a chain of rules cannot nest deeper than :data:`MAX_DEPTH`.
+Resolve = Callable[[str, int], IAuthorizer]
+TOO_DEEP = f"nested more than {MAX_DEPTH} deep (through the rules it names or that name it)"
 
 
-def build(section: AuthorizerSection, resolve: Resolve) -> ExprAuthorizer:
+def build(section: AuthorizerSection, resolve: Resolve, depth: int = 0) -> ExprAuthorizer:
     """Build the ``type = expr`` authorizer of *section*.
 
     *resolve* returns the authorizer of another section by name, raising ``LookupError`` (with
-    the problem as its message) when there is none or it cannot be referenced from here.
+    the problem as its message) when there is none or it cannot be referenced from here;
+    *depth* is how deeply the rule is named by the rules being built.
     Raises :class:`~gateway.config.ConfigError`, one line:
     ``FILE: [authorizer:NAME] rule = '...': at character N ('token'): problem``.
     """
@@ -229,34 +234,42 @@ def build(section: AuthorizerSection, resolve: Resolve) -> ExprAuthorizer:
     if raw_shadow.lower() not in _BOOLEANS:
         raise section.location.at("shadow", raw_shadow).error("must be yes or no")
     try:
-        root = _compile(parse(text, matchers.KEYED), section.name, resolve)
+        root, height = _compile(parse(text, matchers.KEYED), section.name, resolve, depth)
     except ExprError as exc:
         raise where.error(str(exc)) from None
-    return ExprAuthorizer(section.name, text, root, _BOOLEANS[raw_shadow.lower()])
+    return ExprAuthorizer(section.name, text, root, _BOOLEANS[raw_shadow.lower()], height)
 
 
-def _compile(node: Node, owner: str, resolve: Resolve) -> _Node:
+def _compile(node: Node, owner: str, resolve: Resolve, depth: int) -> tuple[_Node, int]:
+    """The evaluable form of *node* (at *depth*) and how deeply its calls nest."""
     if node.is_reference:
         try:
-            authorizer = resolve(node.name)
+            authorizer = resolve(node.name, depth)
         except LookupError as exc:
             raise ExprError(node.position, node.name, str(exc.args[0])) from None
         if isinstance(authorizer, ExprAuthorizer):
-            return _Rule(authorizer)
-        return _Leaf(node.name, authorizer)
+            if depth + authorizer.depth > MAX_DEPTH:
+                raise ExprError(node.position, node.name, TOO_DEEP)
+            return _Rule(authorizer), authorizer.depth
+        return _Leaf(node.name, authorizer), 0
+    if depth >= MAX_DEPTH:
+        raise ExprError(node.position, node.name, TOO_DEEP)
     if node.name not in COMBINATORS:
-        return _Match(matchers.build(node, owner), owner)
-    children = tuple(_compile(arg, owner, resolve) for arg in node.args or ()
-                     if isinstance(arg, Node))
+        return _Match(matchers.build(node, owner), owner), 1
+    compiled = [_compile(arg, owner, resolve, depth + 1) for arg in node.args or ()
+                if isinstance(arg, Node)]
+    children = tuple(child for child, _ in compiled)
+    height = 1 + max((h for _, h in compiled), default=0)
     if node.name == "not":
         if len(children) != 1:
             raise ExprError(node.position, node.name, "not() takes exactly one rule")
-        return _Not(children[0])
+        return _Not(children[0]), height
     if not children:
         raise ExprError(node.position, node.name, f"{node.name}() needs at least one rule")
     if len(children) == 1:
-        return children[0]
-    return _All(children) if node.name == "all" else _Any(children)
+        return children[0], height
+    return (_All(children) if node.name == "all" else _Any(children)), height
 
 
-__all__ = ["FAULTS", "KEYS", "ExprAuthorizer", "Limits", "build", "is_fault"]
+__all__ = ["FAULTS", "KEYS", "MAX_DEPTH", "TOO_DEEP", "ExprAuthorizer", "Limits", "build",
+           "is_fault"]
