@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from cryptography import x509
@@ -18,6 +20,7 @@ from harness import (
     https_request,
     parse_responses,
     raw_exchange,
+    raw_exchange_closed,
     wait_for,
 )
 
@@ -229,3 +232,50 @@ def test_http2_requests_are_normalised_and_escaped_slashes_reloads(start_gateway
     gateway.wait_log("reloaded configuration")
     wait_for(lambda: h2(pki.alice(), "/a%2Fb") == (400, "2"), "the reload to reject %2F")
     assert "reload refused" not in gateway.log()
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    """An authorization service that refuses every check (403, no reason)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_hidden_route_keeps_the_connection_as_a_real_no_route_does(start_gateway, pki,  # type: ignore[no-untyped-def]
+                                                                     upstream) -> None:
+    # A denial decided later (an http authorizer) and one decided at once (cn), both behind
+    # deny_status = 404, answer pipelined keep-alive requests byte for byte as a path no
+    # route takes: both requests answered, the connection kept open (no early close that
+    # gives the route away, and no request dropped without "Connection: close").
+    service = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    try:
+        gateway = start_gateway({
+            "authorizer:central": {"type": "http", "timeout": "2",
+                                   "url": f"http://127.0.0.1:{service.server_port}/check"},
+            "route:remote": {"prefix": "/remote/", "upstream": upstream.url,
+                             "authorizers": "central", "deny_status": "404"},
+            "route:hidden": {"prefix": "/hidden/", "upstream": upstream.url,
+                             "deny_status": "404"},
+        }, drop=("gateway",))
+        pipelined = b"GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" * 2
+        missing, missing_closed = raw_exchange_closed(
+            gateway.port, context(pki, pki.bob()), pipelined.replace(b"%s", b"/nowhere/x"), 1.5)
+        assert missing.count(b"HTTP/1.1 404 Not Found\r\n") == 2, missing
+        assert not missing_closed
+        for path in (b"/remote/x", b"/hidden/x"):
+            hidden, closed = raw_exchange_closed(
+                gateway.port, context(pki, pki.bob()), pipelined.replace(b"%s", path), 1.5)
+            assert (hidden, closed) == (missing, missing_closed), path
+        assert upstream.requests == [] or all(
+            not r["path"].startswith(("/remote/", "/hidden/")) for r in upstream.requests)
+    finally:
+        service.shutdown()
+        service.server_close()

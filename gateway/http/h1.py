@@ -224,7 +224,8 @@ class RequestParser:
         head = RequestHead(
             method=method, target=self._url, version=b"HTTP/" + version.encode("ascii"),
             headers=self._headers, content_length=self._length,
-            expect_continue=self._expect and version == "1.1", upgrade=websocket)
+            expect_continue=self._expect and version == "1.1", upgrade=websocket,
+            keep_alive=bool(parser.should_keep_alive()))
         self._receiver.request_head(head)
 
     def on_body(self, body: bytes) -> None:

@@ -565,7 +565,7 @@ class ServerProtocol(Protocol):
         if stream is not self._current:
             return
         self._current = None
-        if not stream.ended:
+        if not stream.ended and stream.head.content_length != 0:
             stream.closing = True
         if (stream.closing or self._draining) and self._refused is None:
             self._waiting.clear()  # nothing after this response is answered
@@ -620,7 +620,9 @@ class H1Stream:
         self.exchange: Exchange | None = None
         self.producer: Any = None
         self.ended = False  # the request body is complete
-        self.closing = False  # close the connection after the response
+        # Close the connection after the response: known at the head when the client asked, so
+        # a response sent before the parser's end of the request says so too.
+        self.closing = not head.keep_alive
         self.after_head = b""  # what followed an upgrade request's head
         self._held: list[bytes] = []
         self._chunked = False
@@ -715,8 +717,10 @@ class H1Stream:
         self.producer = None
         if self._chunked and not self.connection._gone:
             self.connection.transport.write(h1.LAST_CHUNK)
-        if not self.ended:
-            # An early response: the rest of the body is not read; the connection closes.
+        if not self.ended and self.head.content_length != 0:
+            # An early response: the rest of the body is not read; the connection closes. (A
+            # request without a body is complete at its head: answered at once, as a no-route
+            # 404 is, it keeps the connection, as one answered after the parser's end does.)
             self.closing = True
             self._discard = True
         self.exchange = None

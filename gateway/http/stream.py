@@ -51,6 +51,7 @@ class RequestHead:
     expect_continue: bool = False
     upgrade: bool = False  # HTTP/1.1 Connection: upgrade + Upgrade: (the codec stops parsing)
     head_size: int = 0  # HTTP/2: method + target + (name + value + 4) per header, for 431
+    keep_alive: bool = True  # HTTP/1.x: False for Connection: close, HTTP/1.0 without keep-alive
 
 
 class ClientConnection(Protocol):
