@@ -113,6 +113,8 @@ BROKEN = [
     pytest.param(Decision.deny("authorizer-unavailable"), "authorizer-unavailable",
                  id="unavailable"),
     pytest.param(Decision.deny("authorizer-error"), "authorizer-error", id="says-error"),
+    # An http authorizer over max_in_flight did not ask: not(central) must not allow then.
+    pytest.param(Decision.deny("authorizer-busy"), "authorizer-busy", id="busy"),
 ]
 
 

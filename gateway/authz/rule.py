@@ -14,8 +14,9 @@ parsed and built once, at start and on reload; per request it is a walk over pre
 
 **Fail closed.** A *fault* is a leaf that raised, failed its Deferred, did not decide within
 ``[authorize] timeout``, returned something that is not a Decision, or denied with reason
-``authorizer-error``, ``authorizer-unavailable`` or ``spiffe-invalid-svid``. A fault ends the
-walk at once and is the rule's decision, a denial, whatever ``not`` or ``any`` surrounds it.
+``authorizer-error``, ``authorizer-unavailable``, ``authorizer-busy`` or ``spiffe-invalid-svid``.
+A fault ends the walk at once and is the rule's decision, a denial, whatever ``not`` or ``any``
+surrounds it.
 Leaves that the walk did not need (``any`` already allowed) are not asked.
 
 The decision reports the reason and the authorizer of the leaf that decided. Leaves may answer
@@ -39,7 +40,8 @@ from gateway.authz.interfaces import ClientIdentity, Decision, IAuthorizer, Requ
 from gateway.authz.outcome import checked, failed
 from gateway.config import _BOOLEANS, AuthorizerSection
 
-FAULTS = frozenset({"authorizer-error", "authorizer-unavailable", matchers.INVALID_SVID})
+FAULTS = frozenset({"authorizer-error", "authorizer-unavailable", "authorizer-busy",
+                    matchers.INVALID_SVID})
 KEYS = frozenset({"rule", "shadow"})
 
 Identity = ClientIdentity | None
