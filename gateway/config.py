@@ -784,6 +784,14 @@ def _route(
     if not prefix.startswith("/") or any(ord(ch) <= 0x20 or ord(ch) >= 0x7F for ch in prefix):
         raise section.location.at("prefix", prefix).error(
             "must be a path starting with / (printable ASCII, no spaces)")
+    from gateway.pathnorm import normalize_path as normalized
+
+    normal = normalized(prefix.encode("ascii"))
+    if normal != prefix.encode("ascii"):
+        assert normal is not None
+        raise section.location.at("prefix", prefix).error(
+            "never matches: request paths are normalised before routing (write "
+            f"{normal.decode('ascii')!r})")
     host = section.get("host")
     if host is not None and not re.fullmatch(r"[A-Za-z0-9.-]+", host):
         raise section.location.at("host", host).error("must be a host name without port")

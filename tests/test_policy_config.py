@@ -113,3 +113,30 @@ def test_check_config_gives_the_same_one_line_error_for_a_bad_rule(tmp_path: Pat
     assert result.stderr == (
         f"mtlsgw: {path}: [authorizer:rule] rule = 'any(people, not(people, people))': at "
         "character 13 ('not'): not() takes exactly one rule\n")
+
+
+def test_a_route_prefix_the_normalisation_would_change_is_refused(tmp_path: Path) -> None:
+    # Requests are routed on the normalised path: a prefix in another form never matches, and
+    # its requests would fall to a shorter prefix (other authorizers) without a word.
+    for prefix, normal in [("/caf%c3%a9/", "/caf%C3%A9/"), ("/%61dmin/", "/admin/"),
+                           ("//admin/", "/admin/"), ("/api/../admin/", "/admin/"),
+                           ("/a/./b", "/a/b")]:
+        sections = minimal()
+        sections["route:odd"] = {"prefix": prefix, "upstream": "http://127.0.0.1:9"}
+        path = write_config(tmp_path, sections)
+        assert config_error(validate, path) == (
+            f"{path}: [route:odd] prefix = {prefix!r}: never matches: request paths are "
+            f"normalised before routing (write {normal!r})")
+    sections = minimal()
+    sections["route:ok"] = {"prefix": "/a%2Fb/%C3%A9", "upstream": "http://127.0.0.1:9"}
+    validate(write_config(tmp_path, sections))
+
+
+def test_a_path_matcher_the_normalisation_would_change_is_refused(tmp_path: Path) -> None:
+    sections = minimal()
+    sections["authorize"] = {"authorizers": "rule"}
+    sections["authorizer:rule"] = {"type": "expr", "rule": "all(people, path(/x/, /%61dmin/))"}
+    path = write_config(tmp_path, sections)
+    assert config_error(validate, path) == (
+        f"{path}: [authorizer:rule] rule = 'all(people, path(/x/, /%61dmin/))': at character 23 "
+        "('/%61dmin/'): never matches: request paths are normalised (write '/admin/')")

@@ -62,6 +62,7 @@ from gateway.authz.interfaces import ClientIdentity, Decision, RequestInfo
 from gateway.authz.uri import URIPattern
 from gateway.dn import _SHORT_NAMES
 from gateway.identity import decode_value, extended_key_usages, read_certificate, read_sans
+from gateway.pathnorm import normalize_path
 
 INVALID_SVID = "spiffe-invalid-svid"
 NO_CERTIFICATE = "no-certificate"
@@ -427,6 +428,11 @@ def _path(node: Node, values: list[Value]) -> _Built:
         if not value.text.startswith("/") or any(ord(c) <= 0x20 or ord(c) >= 0x7F
                                                   for c in value.text):
             raise _bad(value, "a path prefix starts with / (printable ASCII, no spaces)")
+        normal = normalize_path(value.text.encode("ascii"))
+        if normal != value.text.encode("ascii"):
+            assert normal is not None
+            raise _bad(value, "never matches: request paths are normalised (write "
+                              f"{normal.decode('ascii')!r})")
     prefixes = tuple(v.text for v in values)
     return (lambda _, request: request.path.startswith(prefixes)), False, False
 
