@@ -68,6 +68,17 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ip_address(text: str) -> str:
+    """An ``--client-address`` value: an IPv4 or IPv6 address, as written."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+    return text
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from gateway.inspect import Request, inspect
 
@@ -151,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     look.add_argument("--path", default="/")
     look.add_argument("--host", default="localhost", help="the request's Host ('' for none)")
     look.add_argument("--chain", help="PEM bundle of the intermediates the client sends")
-    look.add_argument("--client-address", default="127.0.0.1")
+    look.add_argument("--client-address", default="127.0.0.1", type=_ip_address,
+                      help="the client's IP address the authorizers and X-Forwarded-For see")
     look.add_argument("--listener", default="main", help="the listener the request arrives on")
     look.set_defaults(run=_inspect)
     pki = commands.add_parser("dev-pki", help="write a development PKI")

@@ -133,6 +133,10 @@ def _printable(text: str) -> str:
     return "".join(ch if 0x20 <= ord(ch) <= 0x7E else f"\\x{ord(ch):02x}" for ch in text)
 
 
+def _wire(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _print_headers(out: TextIO, headers: Sequence[tuple[bytes, bytes]]) -> None:
     for name, value in headers:
         print(f"    {name.decode('latin-1')}: {value.decode('latin-1')}", file=out)
@@ -226,12 +230,14 @@ def _inspect_request(checked: Any, identity: ClientIdentity, leaf: bytes,
         print(f"mtlsgw: no listener {request.listener!r} (known: "
               f"{', '.join(x.name for x in settings.listeners)})", file=err)
         return CONFIG_ERROR
-    host = request.host.encode("latin-1") if request.host is not None else None
-    target = request.path.encode("latin-1")
-    print(f"request {request.method} {request.path} Host: {request.host or '-'} "
-          f"(listener {listener.name})", file=out)
+    # As a client would send them: UTF-8 bytes, which the request checks refuse when they are
+    # not printable ASCII; shown escaped (\xNN), never raw control characters.
+    host = _wire(request.host) if request.host is not None else None
+    target = _wire(request.path)
+    print(f"request {_printable(request.method)} {_printable(request.path)} Host: "
+          f"{_printable(request.host or '-')} (listener {listener.name})", file=out)
     problem_answer = check_request(target, b"HTTP/1.1", [host] if host is not None else [],
-                                   None, request.method.encode("latin-1"))
+                                   None, _wire(request.method))
     if problem_answer is not None:
         print(f"  the gateway would answer {problem_answer[0]} {problem_answer[1]}", file=out)
         return DENIED

@@ -215,3 +215,23 @@ def test_every_configured_format_is_printed(tmp_path, pki, upstream):
     for header in ("X-Client-CN", "X-Forwarded-Client-Cert", "Client-Cert",
                  "X-Forwarded-Tls-Client-Cert", "X-Forwarded-Tls-Client-Cert-Info"):
         assert any(line.startswith(f"    {header}: ") for line in out.splitlines()), header
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("path", "/\u20ac"), ("path", "/a\x1b[31mred"), ("host", "h\u20ac"), ("host", "a\x07b"),
+    ("method", "G\u20acT"),
+])
+def test_odd_request_arguments_are_refused_as_the_gateway_would_and_printed_escaped(
+        tmp_path, pki, upstream, option: str, value: str):
+    config = _config(tmp_path, pki, upstream)
+    status, out, err = _inspect(pki.alice().cert, config, **{option: value})
+    assert status == 3, err
+    (line,) = [x for x in out.splitlines() if x.startswith("request ")]
+    assert all(0x20 <= ord(ch) <= 0x7E for ch in line), line
+    assert "  the gateway would answer 400 " in out
+
+
+def test_a_client_address_that_is_not_an_ip_address_is_a_usage_error(pki):
+    result = _run(str(pki.alice().cert), "--client-address", "x\r\nInjected: 1")
+    assert result.returncode == 2
+    assert "--client-address" in result.stderr and "Traceback" not in result.stderr
