@@ -259,7 +259,8 @@ def _trusted_xfcc(client_headers: Sequence[Header], identity: ClientIdentity,
     if (XFCC not in settings.formats or settings.xfcc_mode not in XFCC_FORWARDING
             or identity.fingerprint_sha256 not in settings.trusted_proxy_sha256):
         return None
-    return [v for n, v in client_headers if n.lower() == _XFCC_NAME]
+    # An empty value holds no element: kept, it would make ours ",Hash=..." (not Envoy's grammar).
+    return [v for n, v in client_headers if n.lower() == _XFCC_NAME and v.strip(b" \t")]
 
 
 def _forward_xfcc(values: Sequence[Header], forwarded: list[bytes],

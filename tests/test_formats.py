@@ -464,6 +464,21 @@ def test_append_forward_appends_our_element_to_a_trusted_proxys() -> None:
     assert _xfcc(_upstream(FORGED, IDENTITY, untrusted)) == [ours]
 
 
+def test_append_forward_skips_an_empty_xfcc_of_a_trusted_proxy() -> None:
+    # An empty element would make the value fail Envoy's grammar (",Hash=..." has a pair
+    # without "=").
+    chosen = settings("xfcc", xfcc_mode="append_forward", trusted_proxy_sha256=frozenset(PROXY))
+    ours = xfcc_element(IDENTITY, (), ("Subject", "URI", "DNS")).encode()
+    empty = [(b"X-Forwarded-Client-Cert", b""), (b"X-Forwarded-Client-Cert", b"  ")]
+    assert _xfcc(_upstream(empty, IDENTITY, chosen)) == [ours]
+    mixed = [(b"X-Forwarded-Client-Cert", b""), (b"X-Forwarded-Client-Cert", b"Hash=11")]
+    (value,) = _xfcc(_upstream(mixed, IDENTITY, chosen))
+    assert value == b"Hash=11," + ours
+    assert [dict(e)["Hash"] for e in parse_xfcc(value.decode())] == ["11", HASH]
+    forwarding = settings("xfcc", xfcc_mode="forward_only", trusted_proxy_sha256=frozenset(PROXY))
+    assert _xfcc(_upstream(mixed, IDENTITY, forwarding)) == [b"Hash=11"]
+
+
 def test_sanitize_drops_the_clients_xfcc_and_writes_none() -> None:
     assert _xfcc(_upstream(FORGED, IDENTITY, settings("xfcc", xfcc_mode="sanitize"))) == []
 
