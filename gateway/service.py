@@ -40,6 +40,7 @@ from gateway.http.server import Listener, Sweep
 from gateway.proxied import proxy_protocol_endpoint
 from gateway.reuseport import ReusePortEndpoint
 from gateway.routes import RouteTable
+from gateway.status import Operations
 from gateway.tls import ServerConnectionCreator, build_context
 from gateway.upstream_tls import UpstreamTLS
 from gateway.worker import InheritedEndpoint
@@ -190,6 +191,10 @@ class GatewayService(MultiService):
                  inherited: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self._worker = inherited is not None
+        # [status]: metrics, readiness and the status listener (gateway/status.py), or None.
+        self.operations = Operations.for_service(generation.settings, reactor, self._worker)
+        if self.operations is not None:
+            generation = self.operations.instrument(generation)
         self.generation = generation
         self._reactor = reactor
         settings = generation.settings
@@ -209,6 +214,8 @@ class GatewayService(MultiService):
             service = StreamServerEndpointService(endpoint, factory)
             service._raiseSynchronously = True  # a port in use fails the start, not later
             service.setServiceParent(self)
+        if self.operations is not None:
+            self.operations.attach(self)
         self._previous_handler: Any = None
 
     def setServiceParent(self, parent: Any) -> None:  # noqa: N802
@@ -223,6 +230,8 @@ class GatewayService(MultiService):
             super().privilegedStartService()
         except CannotListenError as exc:
             self._cannot_listen(exc)
+        if self.operations is not None:
+            self.operations.listen()
 
     def _cannot_listen(self, exc: CannotListenError) -> None:
         cannot_listen(self.generation.settings, exc)
@@ -233,6 +242,8 @@ class GatewayService(MultiService):
         except CannotListenError as exc:
             self._cannot_listen(exc)
         self.sweep.start()
+        if self.operations is not None:
+            self.operations.started(self.generation.settings)
         for listener in self.generation.settings.listeners:
             routes = ", ".join(f"{r.prefix}->{r.upstream.settings.url}"
                                for r in self.generation.tables[listener.name])
@@ -258,6 +269,8 @@ class GatewayService(MultiService):
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop accepting; let in-flight requests finish within ``drain_timeout``; close."""
+        if self.operations is not None:
+            self.operations.draining()  # /readyz: 503 at once
         if self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
         stopped: Deferred[Any] = Deferred.fromCoroutine(self._drain())
@@ -290,6 +303,8 @@ class GatewayService(MultiService):
         for upstream in self.generation.upstreams:
             await upstream.close()
         self.sweep.stop()
+        if self.operations is not None:
+            self.operations.stop()  # the status listener was open until now
 
     def _abort_all(self) -> None:
         for factory in self.factories.values():
@@ -310,13 +325,20 @@ class GatewayService(MultiService):
         except config.ConfigError as exc:
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc))
+            if self.operations is not None:
+                self.operations.reloaded(None, str(exc))
             return False
         if new.settings.listeners != old.settings.listeners:
             # Routes are authorized by their listener's kind (TLS or plain): never mix the two.
             log.error("reload refused: listeners changed (listen, tls); restart to apply")
             for upstream in new.upstreams:
                 upstream.close()
+            if self.operations is not None:
+                self.operations.reloaded(None, "listeners changed (listen, tls); restart to "
+                                               "apply")
             return False
+        if self.operations is not None:
+            new = self.operations.instrument(new)
         if new.settings.limits != old.settings.limits or (
                 new.settings.tls and old.settings.tls
                 and new.settings.tls.handshake_timeout != old.settings.tls.handshake_timeout):
@@ -332,6 +354,8 @@ class GatewayService(MultiService):
         for upstream in old.upstreams:
             upstream.close()
         log.info("reloaded configuration from {path}", path=str(new.settings.path))
+        if self.operations is not None:
+            self.operations.reloaded(new.settings, None)
         return True
 
 
