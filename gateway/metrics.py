@@ -292,10 +292,9 @@ _POOL = ("mtlsgw_upstream_pool_connections",
 
 class GatewayMetrics:
     """The metric families of one process (see the module docstring). *role* is ``single``,
-    ``worker`` or ``supervisor``; *multiprocess_dir* the workers' directory, for the
-    supervisor."""
+    ``worker`` or ``supervisor``."""
 
-    def __init__(self, role: str, multiprocess_dir: str | None = None) -> None:
+    def __init__(self, role: str) -> None:
         self.role = role
         self.registry = registry = CollectorRegistry()
         self._expiries: list[Expiry] = []
@@ -317,8 +316,6 @@ class GatewayMetrics:
         if role == "single":
             registry.register(_Sampled(*_CONNECTIONS, lambda: self._connections()))
             registry.register(_Sampled(*_POOL, lambda: self._pools()))
-        if role == "supervisor":
-            MultiProcessCollector(registry, path=multiprocess_dir)
 
     def _request_families(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -391,6 +388,10 @@ class GatewayMetrics:
         if name not in self._listeners:
             self._listeners[name] = ListenerMetrics(self, name)
         return self._listeners[name]
+
+    def read_workers(self, directory: str) -> None:
+        """The supervisor: add the workers' metrics in *directory* to every scrape."""
+        MultiProcessCollector(self.registry, path=directory)
 
     def authorizer(self, name: str, inner: Any) -> TimedAuthorizer:
         """*inner*, the authorizer configured as *name*, timed and counted."""

@@ -261,13 +261,12 @@ class Operations:
     """``[status]`` in one process (see the module docstring). *role*: ``single``, ``worker``
     (metrics only, for the supervisor to read) or ``supervisor``."""
 
-    def __init__(self, settings: config.GatewaySettings, reactor: Any, role: str,
-                 multiprocess_dir: str | None = None) -> None:
+    def __init__(self, settings: config.GatewaySettings, reactor: Any, role: str) -> None:
         self.reactor = reactor
         self.role = role
         self.serving = role != "worker"  # serves the status listener, counts reloads
         self.status = settings.status
-        self.metrics = GatewayMetrics(role, multiprocess_dir)
+        self.metrics = GatewayMetrics(role)
         self.readiness = Readiness()
         self.pages: dict[bytes, Callable[[], tuple[int, bytes, bytes]]] = {
             b"/healthz": lambda: (200, _TEXT, b"ok\n"),

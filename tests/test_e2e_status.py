@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import re
 import signal
 import socket
 import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from harness import (
@@ -307,3 +309,56 @@ def test_ready_check_fails_while_the_upstream_refuses_and_recovers(start_gateway
         server.bind(("127.0.0.1", dead))
         server.listen(16)
         wait_for(lambda: status_get(status_port, "/readyz")[0] == 200, "/readyz to recover")
+
+
+ACCESS = re.compile(r"\[mtlsgw\.access#info\] worker=(\d+) request .* status=200 ")
+
+
+def test_workers_metrics_add_up_in_one_scrape(start_gateway, pki):
+    status_port = free_port()
+    gateway = start_gateway({"status": status_section(status_port),
+                             "gateway": {"workers": "2", "upstream_idle_timeout": "60"}})
+    wait_for(lambda: status_get(status_port, "/readyz")[::2] == (200, b"ready\n"),
+             "/readyz to see both workers up")
+    sent = 0
+
+    def both_served() -> bool:
+        nonlocal sent
+        assert get(gateway, pki, "alice")[0] == 200  # a new connection each time
+        sent += 1
+        return {m[1] for m in ACCESS.finditer(gateway.log())} == {"1", "2"}
+
+    wait_for(both_served, "both workers to answer")
+    samples = scrape(status_port)
+    assert value(samples, "mtlsgw_requests_total", listener="main", route="default",
+                 code="200", decision="allow") == sent
+    assert value(samples, "mtlsgw_handshakes_total", listener="main", result="success") == sent
+    assert value(samples, "mtlsgw_request_duration_seconds_count", route="default") == sent
+    assert value(samples, "mtlsgw_authorizer_seconds_count", authorizer="team") == sent
+    # The supervisor's own: configuration and certificates, once.
+    assert value(samples, "mtlsgw_config_generation") == 1
+    assert value(samples, "mtlsgw_certificate_not_after_timestamp_seconds", role="server",
+                 file=str(pki.server.cert), index="0") == \
+        pki.server.issued.certificate.not_valid_after_utc.timestamp()
+    # Live gauges, sampled by each worker, summed over the live ones.
+    wait_for(lambda: value(scrape(status_port), "mtlsgw_upstream_pool_connections",
+                           route="default", state="idle") == 2, "one idle pooled connection "
+             "per worker")
+    gateway.config.write_text(gateway.config.read_text().replace("type = cn", "type = nope"))
+    gateway.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: value(scrape(status_port), "mtlsgw_reloads_total", result="failure") == 1,
+             "the refused reload counted once")
+    assert status_get(status_port, "/readyz")[2].startswith(b"ready; last reload failed: ")
+    # The workers' metrics directory is the supervisor's, for this run only.
+    directories = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if f" {gateway.process.pid} " in (entry / "stat").read_text().rsplit(")", 1)[1]:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                directories |= {v.split(b"=", 1)[1] for v in environ
+                                if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")}
+    assert len(directories) == 1
+    directory = Path(directories.pop().decode())
+    assert list(directory.glob("counter_*.db"))
+    gateway.stop()
+    assert not directory.exists()
