@@ -2,7 +2,7 @@
 ``mtlsgw_handshake_failures_total`` (docs/operations.md). Pure: no reactor, no OpenSSL calls.
 
 :func:`failure_reason` maps the first verification error the verify callback recorded (an
-OpenSSL ``X509_V_ERR_*`` code, numbered as in OpenSSL's ``x509_vfy.h``, or the gateway's own leaf
+OpenSSL ``X509_V_ERR_*`` code, numbered as in OpenSSL 3's ``x509_vfy.h``, or the gateway's own leaf
 checks, code ``-1``) and, when verification never failed, OpenSSL's handshake error text, onto
 :data:`REASONS`. A label value is never taken from the client: the set stays bounded.
 """
@@ -33,12 +33,12 @@ _BY_CODE = {
     19: "unknown-ca",  # SELF_SIGNED_CERT_IN_CHAIN
     20: "unknown-ca",  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
     21: "unknown-ca",  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
-    24: "unknown-ca",  # INVALID_CA
+    79: "unknown-ca",  # INVALID_CA (24 before OpenSSL 3.0)
     27: "unknown-ca",  # CERT_UNTRUSTED
     28: "unknown-ca",  # CERT_REJECTED
     23: "revoked",  # CERT_REVOKED
     3: "crl-problem",  # UNABLE_TO_GET_CRL
-    6: "crl-problem",  # UNABLE_TO_DECRYPT_CRL_SIGNATURE
+    5: "crl-problem",  # UNABLE_TO_DECRYPT_CRL_SIGNATURE
     8: "crl-problem",  # CRL_SIGNATURE_FAILURE
     11: "crl-problem",  # CRL_NOT_YET_VALID
     12: "crl-problem",  # CRL_HAS_EXPIRED
