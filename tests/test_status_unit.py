@@ -302,3 +302,22 @@ def test_certificate_expiries_read_every_certificate_of_each_file(tmp_path: Path
         ("client-ca", "clients-ca.pem", 0): found[("client-ca", "clients-ca.pem", 0)],
         ("client-ca", "clients-ca.pem", 1): second.certificate.not_valid_after_utc.timestamp(),
     }
+
+
+def test_check_config_shows_the_status_listener(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path, changed({("status", "listen"): "tcp:9100:interface=127.0.0.1"}))
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "  status: tcp:9100:interface=127.0.0.1 (plain HTTP: /healthz, /readyz, /metrics)\n" \
+        in result.stdout
+    path = write_config(tmp_path, changed({("status", "listen"): "tcp:9100"}))
+    result = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"mtlsgw: {path}: [status] listen = 'tcp:9100': the status "
+                             "listener must listen on loopback (interface=127.0.0.1 or ::1) or a "
+                             "unix socket; set allow_non_loopback = yes to override\n")
