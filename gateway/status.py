@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="mtlsgw.status")
 
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess directory
+METRICS_DIR_ENV = "MTLSGW_METRICS_DIR"  # where a worker writes its snapshots (workers = N)
 REQUEST_TIMEOUT = 10.0  # seconds a status connection may take to send its request
 MAX_CONNECTIONS = 64  # open status connections; more are closed at once
 _TEXT = b"text/plain; charset=utf-8"
@@ -281,9 +281,9 @@ class Operations:
     def for_service(cls, settings: config.GatewaySettings, reactor: Any,
                     worker: bool) -> Operations | None:
         """The operations of a :class:`~gateway.service.GatewayService`, or ``None`` (no
-        ``[status]``; in a worker: its supervisor set no multiprocess directory)."""
+        ``[status]``; in a worker: its supervisor set no ``MTLSGW_METRICS_DIR``)."""
         if worker:
-            return cls(settings, reactor, "worker") if os.environ.get(MULTIPROCESS_ENV) else None
+            return cls(settings, reactor, "worker") if os.environ.get(METRICS_DIR_ENV) else None
         return cls(settings, reactor, "single") if settings.status is not None else None
 
     def _readyz(self) -> tuple[int, bytes, bytes]:
@@ -336,7 +336,7 @@ class Operations:
     def started(self, settings: config.GatewaySettings) -> None:
         """Every listener is bound and *settings* are in force."""
         if self.role == "worker":
-            self._sampler = LoopingCall(self.metrics.sample)
+            self._sampler = LoopingCall(self._snapshot)
             self._sampler.clock = self.reactor
             self._sampler.start(SAMPLE_INTERVAL, now=True)
             return
@@ -368,9 +368,16 @@ class Operations:
             probe.stop()
         if self._sampler is not None and self._sampler.running:
             self._sampler.stop()
+            self._snapshot()  # the last counts, for the supervisor to keep
         if self._port is not None:
             port, self._port = self._port, None
             port.stopListening()
+
+    def _snapshot(self) -> None:
+        try:
+            self.metrics.write_snapshot(os.environ[METRICS_DIR_ENV])
+        except OSError as exc:
+            log.warn("cannot write the metrics snapshot: {error}", error=str(exc))
 
     def _check_routes(self, settings: config.GatewaySettings) -> None:
         for probe in self._probes:

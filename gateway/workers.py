@@ -12,9 +12,9 @@ and limits. The supervisor:
 * on ``SIGTERM`` sends ``SIGTERM`` to every worker, waits for them to drain (``drain_timeout``
   plus :data:`KILL_GRACE`), kills what is left, and exits 0;
 * relays the workers' log events into its own log, each prefixed ``worker=N``;
-* with ``[status]``, serves the status listener itself: the workers write their metrics into a
-  directory of this run (prometheus_client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``), and
-  ``/metrics`` adds them up (:mod:`gateway.status`).
+* with ``[status]``, serves the status listener itself: the workers write snapshots of their
+  metrics into a directory of this run (``MTLSGW_METRICS_DIR``), and ``/metrics`` adds them up
+  (:mod:`gateway.status`, :mod:`gateway.metrics`).
 
 Because the supervisor holds the sockets, nothing else can take the port while a worker restarts.
 The workers watch a pipe from the supervisor (their stdin) and stop when it closes, so they do
@@ -306,7 +306,7 @@ class Supervisor(Service):
         self._stopping = False
         self._reactor_name = reactor_name(reactor)
         self.operations: Any = None  # gateway.status.Operations, with [status]
-        self._metrics_dir: str | None = None  # the workers' PROMETHEUS_MULTIPROC_DIR
+        self._metrics_dir: str | None = None  # where the workers write their metrics
         self._started_all = False  # every worker has been up once
         if settings.status is not None:
             from gateway.status import Operations
@@ -385,9 +385,9 @@ class Supervisor(Service):
         env = {k: v for k, v in os.environ.items()
                if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")}
         if self._metrics_dir is not None:
-            from gateway.status import MULTIPROCESS_ENV
+            from gateway.status import METRICS_DIR_ENV
 
-            env[MULTIPROCESS_ENV] = self._metrics_dir
+            env[METRICS_DIR_ENV] = self._metrics_dir
         worker = _Worker(self, number, self._reactor.seconds())
         process = self._reactor.spawnProcess(worker, sys.executable, args, env=env,
                                              childFDs=child_fds)
@@ -402,10 +402,8 @@ class Supervisor(Service):
     def worker_ended(self, worker: _Worker, reason: Failure) -> None:
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
-        if self._metrics_dir is not None:
-            from prometheus_client.multiprocess import mark_process_dead
-
-            mark_process_dead(worker.pid, self._metrics_dir)  # its live gauges go
+        if self.operations is not None:
+            self.operations.metrics.retire(worker.pid)  # its counts stay, its gauges go
         if self._stopping:
             log.info("worker {number} pid={pid} exited ({how})", number=worker.number,
                      pid=worker.pid, how=_how(reason))

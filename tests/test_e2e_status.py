@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import re
 import signal
 import socket
@@ -329,9 +330,10 @@ def test_workers_metrics_add_up_in_one_scrape(start_gateway, pki):
         return {m[1] for m in ACCESS.finditer(gateway.log())} == {"1", "2"}
 
     wait_for(both_served, "both workers to answer")
-    samples = scrape(status_port)
-    assert value(samples, "mtlsgw_requests_total", listener="main", route="default",
-                 code="200", decision="allow") == sent
+    # Each worker writes its counts for the supervisor every second.
+    samples = wait_for(lambda: (s := scrape(status_port)) and value(
+        s, "mtlsgw_requests_total", listener="main", route="default", code="200",
+        decision="allow") == sent and s, f"{sent} requests counted over both workers")
     assert value(samples, "mtlsgw_handshakes_total", listener="main", result="success") == sent
     assert value(samples, "mtlsgw_request_duration_seconds_count", route="default") == sent
     assert value(samples, "mtlsgw_authorizer_seconds_count", authorizer="team") == sent
@@ -350,15 +352,31 @@ def test_workers_metrics_add_up_in_one_scrape(start_gateway, pki):
              "the refused reload counted once")
     assert status_get(status_port, "/readyz")[2].startswith(b"ready; last reload failed: ")
     # The workers' metrics directory is the supervisor's, for this run only.
-    directories = set()
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if f" {gateway.process.pid} " in (entry / "stat").read_text().rsplit(")", 1)[1]:
-                environ = (entry / "environ").read_bytes().split(b"\0")
-                directories |= {v.split(b"=", 1)[1] for v in environ
-                                if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")}
-    assert len(directories) == 1
-    directory = Path(directories.pop().decode())
-    assert list(directory.glob("counter_*.db"))
+    workers = metrics_dirs(gateway.process.pid)
+    assert len(workers) == 2 and len(set(workers.values())) == 1
+    directory = next(iter(workers.values()))
+    assert {p.name for p in directory.glob("worker-*.json")} == {
+        f"worker-{pid}.json" for pid in workers}
+    # A worker that exits (and is restarted) leaves its counts in the sum.
+    stopped = min(workers)
+    os.kill(stopped, signal.SIGTERM)
+    gateway.wait_log(f"pid={stopped} exited")
+    wait_for(lambda: len(metrics_dirs(gateway.process.pid)) == 2, "the worker restarted")
+    assert not (directory / f"worker-{stopped}.json").exists()
+    assert value(scrape(status_port), "mtlsgw_requests_total", listener="main",
+                 route="default", code="200", decision="allow") == sent
     gateway.stop()
     assert not directory.exists()
+
+
+def metrics_dirs(supervisor: int) -> dict[int, Path]:
+    """``{pid: MTLSGW_METRICS_DIR}`` of the live children of *supervisor*."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == supervisor and fields[0] != "Z":
+                for item in (entry / "environ").read_bytes().split(b"\0"):
+                    if item.startswith(b"MTLSGW_METRICS_DIR="):
+                        found[int(entry.name)] = Path(item.split(b"=", 1)[1].decode())
+    return found

@@ -28,9 +28,9 @@ def exported() -> tuple[set[str], set[str]]:
         name = family.name
         families.add(name)
         if family.type == "counter":
-            series |= {f"{name}_total", f"{name}_created"}
+            series.add(f"{name}_total")
         elif family.type == "histogram":
-            series |= {f"{name}_bucket", f"{name}_count", f"{name}_sum", f"{name}_created"}
+            series |= {f"{name}_bucket", f"{name}_count", f"{name}_sum"}
         else:
             series.add(name)
     return series, {f for f in families if f.startswith("mtlsgw_")}

@@ -321,3 +321,87 @@ def test_check_config_shows_the_status_listener(tmp_path: Path) -> None:
     assert result.stderr == (f"mtlsgw: {path}: [status] listen = 'tcp:9100': the status "
                              "listener must listen on loopback (interface=127.0.0.1 or ::1) or a "
                              "unix socket; set allow_non_loopback = yes to override\n")
+
+
+def test_worker_snapshots_add_up_in_the_supervisor(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    supervisor = GatewayMetrics("supervisor")
+    supervisor.read_workers(str(tmp_path))
+    allow = Decision(True, "cn-allowed", "team")
+    for pid, requests in ((101, 3), (102, 2)):
+        worker = GatewayMetrics("worker")
+        listener = worker.listener("main")
+        for _ in range(requests):
+            listener.request(_exchange("api", 200, allow, started=0.0))
+        listener.handshake_completed(0.01)
+        worker.sample_from(lambda: [(("main", "h1"), 1.0)], list)
+        monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
+        worker.write_snapshot(str(tmp_path))
+    get = supervisor.registry.get_sample_value
+    labels = {"listener": "main", "route": "api", "code": "200", "decision": "allow"}
+    assert get("mtlsgw_requests_total", labels) == 5
+    assert get("mtlsgw_request_duration_seconds_count", {"route": "api"}) == 5
+    assert get("mtlsgw_request_duration_seconds_bucket", {"route": "api", "le": "+Inf"}) == 5
+    assert get("mtlsgw_handshake_seconds_bucket", {"listener": "main", "le": "0.01"}) == 2
+    assert get("mtlsgw_handshake_seconds_bucket", {"listener": "main", "le": "0.005"}) == 0
+    assert get("mtlsgw_connections_open", {"listener": "main", "protocol": "h1"}) == 2
+    supervisor.retire(101)  # exited: its counts stay, its gauges go
+    assert not (tmp_path / "worker-101.json").exists()
+    assert get("mtlsgw_requests_total", labels) == 5
+    assert get("mtlsgw_connections_open", {"listener": "main", "protocol": "h1"}) == 1
+    assert get("mtlsgw_handshakes_total", {"listener": "main", "result": "success"}) == 2
+    # The worker's own registry exposes nothing: the supervisor's does.
+    assert list(GatewayMetrics("worker").registry.collect()) == []
+
+
+def test_reload_and_crl_gauges(tmp_path: Path) -> None:
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes
+
+    ca = make_ca("CRL issuer")
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    crl = (cx509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject)
+           .last_update(now).next_update(now + datetime.timedelta(days=7))
+           .sign(ca.key, hashes.SHA256()))
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    sections = changed({("tls", "crl"): "clients.crl"})
+    path = write_config(tmp_path, sections)
+    (tmp_path / "clients.crl").write_bytes(crl.public_bytes(Encoding.PEM))
+    settings = load(path)
+    metrics = GatewayMetrics("single")
+    metrics.configured(settings, None)
+    get = metrics.registry.get_sample_value
+    assert get("mtlsgw_crl_next_update_timestamp_seconds",
+               {"file": str(tmp_path / "clients.crl"), "index": "0"}) == (
+        now + datetime.timedelta(days=7)).timestamp()
+    assert get("mtlsgw_config_generation", {}) == 1
+    metrics.configured(None, False)
+    assert (get("mtlsgw_config_generation", {}), get("mtlsgw_config_last_reload_successful", {}),
+            get("mtlsgw_reloads_total", {"result": "failure"})) == (1, 0, 1)
+    metrics.configured(settings, True)
+    assert (get("mtlsgw_config_generation", {}), get("mtlsgw_config_last_reload_successful", {}),
+            get("mtlsgw_reloads_total", {"result": "success"})) == (2, 1, 1)
+
+
+def test_upstream_certificates_have_their_roles(tmp_path: Path) -> None:
+    from gateway.pki import make_leaf
+
+    upstream_ca = make_ca("upstream CA")
+    client = make_leaf(upstream_ca, "gateway")
+    (tmp_path / "upstream-ca.pem").write_bytes(upstream_ca.cert_pem())
+    client.write(tmp_path / "gw-client.crt", tmp_path / "gw-client.key")
+    sections = minimal()
+    for name in ("a", "b"):  # the same files twice: listed once
+        sections[f"route:{name}"] = {
+            "prefix": f"/{name}/", "upstream": "https://api.example:443",
+            "upstream_ca": "upstream-ca.pem", "upstream_certificate": "gw-client.crt",
+            "upstream_private_key": "gw-client.key"}
+    found = [(e.role, Path(e.file).name, e.index, e.not_after)
+             for e in certificate_expiries(load(write_config(tmp_path, sections)))]
+    assert [f for f in found if f[0].startswith("upstream")] == [
+        ("upstream-client", "gw-client.crt", 0,
+         client.certificate.not_valid_after_utc.timestamp()),
+        ("upstream-ca", "upstream-ca.pem", 0,
+         upstream_ca.certificate.not_valid_after_utc.timestamp())]
