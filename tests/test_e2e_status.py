@@ -228,15 +228,21 @@ def test_a_failed_reload_keeps_200_and_shows_in_readyz_and_metrics(start_gateway
 
 def test_connections_and_pool_gauges(start_gateway, pki):
     status_port = free_port()
-    gateway = start_gateway({"status": status_section(status_port)})
+    gateway = start_gateway({"status": status_section(status_port), "tls": {"http2": "yes"}})
     alice = pki.alice()
-    with tls_connect(gateway.port, client_context(pki.ca, alice.cert, alice.key)) as tls:
+    h2 = client_context(pki.ca, alice.cert, alice.key)
+    h2.set_alpn_protocols(["h2"])
+    with tls_connect(gateway.port, client_context(pki.ca, alice.cert, alice.key)) as tls, \
+            tls_connect(gateway.port, h2) as tls2:
+        assert tls2.selected_alpn_protocol() == "h2"
         tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert tls.recv(65536).startswith(b"HTTP/1.1 200")
         samples = wait_for(lambda: (s := scrape(status_port)) and value(
             s, "mtlsgw_connections_open", listener="main", protocol="h1") == 1 and s,
             "one open h1 connection")
-        assert value(samples, "mtlsgw_connections_open", listener="main", protocol="h2") == 0
+        assert value(samples, "mtlsgw_connections_open", listener="main", protocol="h2") == 1
+        assert value(samples, "mtlsgw_connections_open", listener="main",
+                     protocol="websocket") == 0
         assert value(samples, "mtlsgw_upstream_pool_connections", route="default",
                      state="idle") == 1
         assert value(samples, "mtlsgw_upstream_pool_connections", route="default",
