@@ -386,3 +386,24 @@ def metrics_dirs(supervisor: int) -> dict[int, Path]:
                     if item.startswith(b"MTLSGW_METRICS_DIR="):
                         found[int(entry.name)] = Path(item.split(b"=", 1)[1].decode())
     return found
+
+
+def test_an_upgraded_connection_counts_as_websocket(start_gateway, pki):
+    from test_e2e_websocket import EchoServer, open_websocket
+
+    echo = EchoServer()
+    try:
+        status_port = free_port()
+        gateway = start_gateway({"status": status_section(status_port),
+                                 "gateway": {"upstream": echo.url}})
+        tls, head, _ = open_websocket(gateway, pki.alice(), pki, "/chat")
+        with tls:
+            assert head.startswith(b"HTTP/1.1 101")
+            samples = wait_for(lambda: (s := scrape(status_port)) and value(
+                s, "mtlsgw_connections_open", listener="main", protocol="websocket") == 1 and s,
+                "one open websocket connection")
+            assert value(samples, "mtlsgw_connections_open", listener="main", protocol="h1") == 0
+            assert value(samples, "mtlsgw_requests_total", listener="main", route="default",
+                         code="101", decision="allow") == 1
+    finally:
+        echo.close()
