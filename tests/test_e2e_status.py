@@ -407,3 +407,17 @@ def test_an_upgraded_connection_counts_as_websocket(start_gateway, pki):
                          code="101", decision="allow") == 1
     finally:
         echo.close()
+
+
+def test_readyz_is_503_during_drain_delay_while_the_listener_still_serves(start_gateway, pki):
+    status_port = free_port()
+    gateway = start_gateway({"status": status_section(status_port),
+                             "gateway": {"drain_delay": "5"}})
+    assert status_get(status_port, "/readyz")[0] == 200
+    gateway.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: status_get(status_port, "/readyz")[::2] == (503, b"draining\n"),
+             "/readyz to turn 503")
+    gateway.wait_log("drain_delay: accepting for")
+    assert get(gateway, pki, "alice")[0] == 200  # a new connection, still served
+    assert gateway.process.poll() is None
+    assert gateway.process.wait(DEADLINE) == 0
