@@ -421,3 +421,26 @@ def test_readyz_is_503_during_drain_delay_while_the_listener_still_serves(start_
     assert get(gateway, pki, "alice")[0] == 200  # a new connection, still served
     assert gateway.process.poll() is None
     assert gateway.process.wait(DEADLINE) == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_status_port_in_use_stops_the_start_with_one_line(tmp_path, pki, upstream, workers):
+    from conftest import base_sections
+    from harness import render_ini, run_twistd
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        sections = base_sections(pki, upstream.url)
+        sections["gateway"].update({"listen": f"tcp:{free_port()}:interface=127.0.0.1",
+                                    "workers": workers})
+        sections["status"] = status_section(port)
+        path = tmp_path / "gw.ini"
+        path.write_text(render_ini(sections))
+        process = run_twistd(path, None)
+        out, err = process.communicate(timeout=DEADLINE)
+    assert process.returncode == 1
+    assert (f"mtlsgw: {path}: [status] listen = 'tcp:{port}:interface=127.0.0.1': cannot "
+            "listen (") in out + err
+    assert "Traceback" not in out + err
