@@ -160,6 +160,10 @@ class ListenerSettings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Client-certificate SHA-256 fingerprints of proxies whose XFCC header may be forwarded.
     trusted_proxy_sha256: frozenset[str] = frozenset()
+    # ``%2F``, ``%5C`` and ``\`` in request paths: "keep" | "reject" | "unescape"
+    # (gateway/pathnorm.py). Not compared (eq=False): a reload may change it (the route tables
+    # carry it), where other listener changes need a restart.
+    escaped_slashes: str = attrs.field(default="keep", eq=False)
 
     @property
     def socket_listen(self) -> str:
@@ -187,6 +191,8 @@ class RouteSettings:
     authorizers: tuple[AuthorizerSection, ...]
     headers: HeaderSettings
     location: Location
+    normalize_path: bool = True  # route on, authorize and forward the normalised path
+    deny_status: int = 403  # 403, or 404: a denial answered as a no-route 404
 
 
 @attrs.frozen
@@ -211,6 +217,8 @@ class GatewaySettings:
     workers: int = 1  # worker processes (``auto`` resolved); see :mod:`gateway.workers`
     workers_auto: bool = False  # ``workers = auto``
     status: StatusSettings | None = None  # ``[status]``; None: no status listener, no metrics
+    # Every [authorizer:NAME] section by name (``type = expr`` rules name others).
+    authorizer_sections: Mapping[str, AuthorizerSection] = attrs.field(factory=dict)
     # ``watch_files``: seconds between two checks of the files named here (0: not watched);
     # see :mod:`gateway.watch`.
     watch_interval: float = 0.0
@@ -243,10 +251,11 @@ _UPSTREAM_KEYS = {
     "ready_check_window",
 }
 _LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port", "trusted_proxies",
-                  "trusted_proxy_sha256"}
+                  "trusted_proxy_sha256", "escaped_slashes"}
 _ROUTE_KEYS = _UPSTREAM_KEYS | {
     "listener", "prefix", "host", "strip_prefix", "policy", "authorizers", "header_prefix",
-    "forward_certificate", "formats", "xfcc_mode", "xfcc_details",
+    "forward_certificate", "formats", "xfcc_mode", "xfcc_details", "normalize_path",
+    "deny_status",
 }
 _GATEWAY_KEYS = _UPSTREAM_KEYS | _LISTENER_KEYS | {
     "idle_timeout",
@@ -459,7 +468,9 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
     return ListenerSettings(name, raw, tls, section.location, reuse_port, proxy_protocol,
                             inner if proxy_protocol else "",
                             _trusted_proxies(section, proxy_protocol, kind),
-                            _trusted_proxy_sha256(section, tls))
+                            _trusted_proxy_sha256(section, tls),
+                            section.choice("escaped_slashes", "keep",
+                                           ("keep", "reject", "unescape")))
 
 
 def _trusted_proxies(
@@ -839,17 +850,26 @@ def _route(
         policy = authorize.choice("policy", "any", ("any", "all"))
     else:
         authorizers, policy = (), "open"  # a plain loopback listener: no identity to check
+    normalize_path = section.boolean("normalize_path", True)
+    strip_prefix = section.boolean("strip_prefix", False)
+    if strip_prefix and not normalize_path:
+        raise section.location.at("normalize_path", section.get("normalize_path")).error(
+            "cannot be combined with strip_prefix = yes: the prefix is cut from the normalised "
+            "path")
+    deny_status = section.choice("deny_status", "403", ("403", "404"))
     return RouteSettings(
         name=name,
         listener=listener,
         prefix=prefix,
         host=host.lower().rstrip(".") if host else None,
-        strip_prefix=section.boolean("strip_prefix", False),
+        strip_prefix=strip_prefix,
         upstream=_upstream(section, base),
         policy=policy,
         authorizers=authorizers,
         headers=_route_headers(section, listeners[listener], headers, name),
         location=section.location,
+        normalize_path=normalize_path,
+        deny_status=int(deny_status),
     )
 
 
@@ -947,6 +967,7 @@ def load(path: str | Path) -> GatewaySettings:
         workers=workers,
         workers_auto=workers_auto,
         status=_status(sections["status"]) if parser.has_section("status") else None,
+        authorizer_sections=defined,
         watch_interval=_watch_interval(gateway),
     )
 

@@ -298,14 +298,21 @@ class Operations:
     # -- GatewayService --------------------------------------------------------------------------
 
     def instrument(self, generation: Generation) -> Generation:
-        """*generation* with every route's authorizers timed (``mtlsgw_authorizer_*``)."""
+        """*generation* with the authorizers its routes list timed (``mtlsgw_authorizer_*``).
+        An ``expr`` rule is left as it is: the policy evaluates it itself, leaves included."""
+        from gateway.authz.rule import ExprAuthorizer
+
+        def timed(named: Any) -> Any:
+            if isinstance(named.authorizer, ExprAuthorizer):
+                return named
+            return attrs.evolve(named, authorizer=self.metrics.authorizer(named.name,
+                                                                         named.authorizer))
+
         tables = {}
         for name, table in generation.tables.items():
             tables[name] = RouteTable([attrs.evolve(route, policy=attrs.evolve(
-                route.policy, authorizers=tuple(
-                    attrs.evolve(named, authorizer=self.metrics.authorizer(named.name,
-                                                                           named.authorizer))
-                    for named in route.policy.authorizers))) for route in table])
+                route.policy, authorizers=tuple(map(timed, route.policy.authorizers))))
+                for route in table], table.escaped_slashes)
         return attrs.evolve(generation, tables=tables)
 
     def attach(self, service: GatewayService) -> None:

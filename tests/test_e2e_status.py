@@ -444,3 +444,23 @@ def test_a_status_port_in_use_stops_the_start_with_one_line(tmp_path, pki, upstr
     assert (f"mtlsgw: {path}: [status] listen = 'tcp:{port}:interface=127.0.0.1': cannot "
             "listen (") in out + err
     assert "Traceback" not in out + err
+
+
+def test_expr_rules_and_shadow_rules_work_with_metrics_on(start_gateway, pki):
+    status_port = free_port()
+    gateway = start_gateway({
+        "status": status_section(status_port),
+        "authorize": {"authorizers": "rule, team, watch"},
+        "authorizer:rule": {"type": "expr", "rule": "all(team, method(GET))"},
+        "authorizer:watch": {"type": "expr", "rule": "method(POST)", "shadow": "yes"},
+    })
+    assert get(gateway, pki, "alice")[0] == 200
+    assert get(gateway, pki, "bob")[0] == 403
+    gateway.wait_log("shadow rule watch would")
+    samples = scrape(status_port)
+    assert value(samples, "mtlsgw_requests_total", listener="main", route="default",
+                 code="200", decision="allow") == 1
+    # team is listed directly: timed; the rules are the policy's own.
+    assert value(samples, "mtlsgw_authorizer_seconds_count", authorizer="team") == 1
+    assert ("mtlsgw_authorizer_seconds_count", frozenset({"authorizer": "rule"}.items())) \
+        not in samples
