@@ -61,6 +61,8 @@ def _check_config(args: argparse.Namespace) -> int:
             peers = ", ".join(str(n) for n in listener.trusted_proxies) or "any peer"
             kind += f", PROXY protocol from {peers}"
         print(f"  listener {listener.name}: {listener.listen} ({kind})")
+    if settings.status is not None:
+        print(f"  status: {settings.status.listen} (plain HTTP: /healthz, /readyz, /metrics)")
     for route in settings.routes:
         names = ", ".join(a.name for a in route.authorizers) or "-"
         print(f"  route {route.name}: {route.listener} {route.host or '*'}{route.prefix} -> "

@@ -121,6 +121,9 @@ class UpstreamSettings:
     idle_timeout: float = 4.0  # seconds an idle pooled connection is kept
     read_timeout: float = 60.0  # seconds without a byte while a response body streams; 0 = none
     max_head_size: int = 65536  # bytes of one response head (502 upstream-head-too-large)
+    # /readyz fails while every connect probe of the last ready_check_window seconds failed.
+    ready_check: bool = False
+    ready_check_window: float = 10.0  # seconds
 
 
 @attrs.frozen
@@ -193,6 +196,15 @@ class RouteSettings:
 
 
 @attrs.frozen
+class StatusSettings:
+    """The ``[status]`` section: the plain-HTTP status listener (``/healthz``, ``/readyz``,
+    ``/metrics``; :mod:`gateway.status`)."""
+
+    listen: str  # a Twisted server endpoint description
+    location: Location
+
+
+@attrs.frozen
 class GatewaySettings:
     """Everything the gateway needs, validated. Built by :func:`load`."""
 
@@ -204,6 +216,7 @@ class GatewaySettings:
     authorizer_timeout: float = 5.0  # seconds an authorizer may take; then it counts as a denial
     workers: int = 1  # worker processes (``auto`` resolved); see :mod:`gateway.workers`
     workers_auto: bool = False  # ``workers = auto``
+    status: StatusSettings | None = None  # ``[status]``; None: no status listener, no metrics
     # Every [authorizer:NAME] section by name (``type = expr`` rules name others).
     authorizer_sections: Mapping[str, AuthorizerSection] = attrs.field(factory=dict)
     # ``watch_files``: seconds between two checks of the files named here (0: not watched);
@@ -234,6 +247,8 @@ _UPSTREAM_KEYS = {
     "upstream_private_key",
     "upstream_server_name",
     "host_header",
+    "ready_check",
+    "ready_check_window",
 }
 _LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port", "trusted_proxies",
                   "trusted_proxy_sha256", "escaped_slashes"}
@@ -269,11 +284,13 @@ _TLS_KEYS = {
 }
 _AUTHORIZE_KEYS = {"policy", "authorizers", "timeout"}
 _HEADERS_KEYS = {"prefix", "forward_certificate", "formats", "xfcc_mode", "xfcc_details"}
+_STATUS_KEYS = {"listen", "allow_non_loopback"}
 _FIXED_SECTIONS = {
     "gateway": _GATEWAY_KEYS,
     "tls": _TLS_KEYS,
     "authorize": _AUTHORIZE_KEYS,
     "headers": _HEADERS_KEYS,
+    "status": _STATUS_KEYS,
 }
 _PATTERN_SECTIONS = ("authorizer", "route", "listener")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
@@ -515,6 +532,35 @@ def _workers(section: _Section, listeners: Mapping[str, ListenerSettings]) -> tu
     return count, auto
 
 
+def _status(section: _Section) -> StatusSettings:
+    """``[status]``: its ``listen`` must be a plain stream endpoint, on loopback or a Unix socket
+    unless ``allow_non_loopback = yes`` (as a ``tls = off`` listener)."""
+    raw = section.require("listen")
+    loc = section.location.at("listen", raw)
+    kind = raw.split(":", 1)[0].strip().lower()
+    if kind in ("ssl", "haproxy"):
+        raise loc.error("the status listener speaks plain HTTP: give a tcp:, tcp6:, unix: or "
+                        "systemd: endpoint")
+    from twisted.internet.endpoints import _parseServer
+
+    try:
+        _kind, args, kwargs = _parseServer(raw, None)
+    except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
+        raise loc.error(f"not a Twisted server endpoint description ({exc!s})") from None
+    if kind in ("tcp", "tcp6"):
+        try:
+            port = int(args[0])
+        except (ValueError, TypeError, IndexError):
+            raise loc.error("the port must be a number") from None
+        if not 0 <= port <= 65535:
+            raise loc.error("the port must be between 0 and 65535")
+    if not section.boolean("allow_non_loopback", False) and not _loopback_only(kind, kwargs):
+        raise loc.error(
+            "the status listener must listen on loopback (interface=127.0.0.1 or ::1) or a unix "
+            "socket; set allow_non_loopback = yes to override")
+    return StatusSettings(raw, section.location)
+
+
 def _loopback_only(kind: str, kwargs: Mapping[str, object]) -> bool:
     if kind == "unix":
         return True
@@ -556,6 +602,8 @@ def _upstream(section: _Section, base: Path) -> UpstreamSettings:
         idle_timeout=section.seconds("upstream_idle_timeout", 4.0),
         read_timeout=section.seconds("upstream_read_timeout", 60.0, allow_zero=True),
         max_head_size=section.integer("upstream_max_head_size", 65536, 1024, 1 << 24),
+        ready_check=section.boolean("ready_check", False),
+        ready_check_window=section.seconds("ready_check_window", 10.0),
         **_upstream_tls(section, base, parts.scheme),
     )
 
@@ -854,7 +902,7 @@ def load(path: str | Path) -> GatewaySettings:
             continue
         raise ConfigError(
             f"{path}: [{name}]: unknown section (known: [gateway], [tls], [authorize], "
-            "[headers], [authorizer:NAME], [route:NAME], [listener:NAME])")
+            "[headers], [status], [authorizer:NAME], [route:NAME], [listener:NAME])")
     sections = {}
     for name, known in _FIXED_SECTIONS.items():
         values = dict(parser.items(name)) if parser.has_section(name) else {}
@@ -926,6 +974,7 @@ def load(path: str | Path) -> GatewaySettings:
         routes=tuple(routes),
         workers=workers,
         workers_auto=workers_auto,
+        status=_status(sections["status"]) if parser.has_section("status") else None,
         authorizer_sections=defined,
         watch_interval=_watch_interval(gateway),
     )

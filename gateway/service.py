@@ -42,6 +42,7 @@ from gateway.notify import SystemdNotifier
 from gateway.proxied import proxy_protocol_endpoint
 from gateway.reuseport import ReusePortEndpoint
 from gateway.routes import RouteTable
+from gateway.status import Operations
 from gateway.tls import ServerConnectionCreator, build_context
 from gateway.upstream_tls import UpstreamTLS
 from gateway.watch import FileWatcher, watched_files
@@ -221,6 +222,10 @@ class GatewayService(MultiService):
                  inherited: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self._worker = inherited is not None
+        # [status]: metrics, readiness and the status listener (gateway/status.py), or None.
+        self.operations = Operations.for_service(generation.settings, reactor, self._worker)
+        if self.operations is not None:
+            generation = self.operations.instrument(generation)
         self.generation = generation
         self._reactor = reactor
         settings = generation.settings
@@ -240,6 +245,8 @@ class GatewayService(MultiService):
             service = StreamServerEndpointService(endpoint, factory)
             service._raiseSynchronously = True  # a port in use fails the start, not later
             service.setServiceParent(self)
+        if self.operations is not None:
+            self.operations.attach(self)
         self._previous_handler: Any = None
         # A worker leaves systemd and file watching to its supervisor.
         self.systemd = SystemdNotifier(None) if self._worker else SystemdNotifier.from_environ()
@@ -259,6 +266,8 @@ class GatewayService(MultiService):
             super().privilegedStartService()
         except CannotListenError as exc:
             self._cannot_listen(exc)
+        if self.operations is not None:
+            self.operations.listen()
 
     def _cannot_listen(self, exc: CannotListenError) -> None:
         cannot_listen(self.generation.settings, exc)
@@ -269,6 +278,8 @@ class GatewayService(MultiService):
         except CannotListenError as exc:
             self._cannot_listen(exc)
         self.sweep.start()
+        if self.operations is not None:
+            self.operations.started(self.generation.settings)
         for listener in self.generation.settings.listeners:
             routes = ", ".join(f"{r.prefix}->{r.upstream.settings.url}"
                                for r in self.generation.tables[listener.name])
@@ -311,6 +322,8 @@ class GatewayService(MultiService):
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Stop accepting; let in-flight requests finish within ``drain_timeout``; close."""
+        if self.operations is not None:
+            self.operations.draining()  # /readyz: 503 at once
         if self._previous_handler is not None:
             signal.signal(signal.SIGHUP, self._previous_handler)
         stopped: Deferred[Any] = Deferred.fromCoroutine(self._drain())
@@ -353,6 +366,8 @@ class GatewayService(MultiService):
             await upstream.close()
         close_authorizers(self.generation.authorizers)
         self.sweep.stop()
+        if self.operations is not None:
+            self.operations.stop()  # the status listener was open until now
 
     def _abort_all(self) -> None:
         for factory in self.factories.values():
@@ -373,6 +388,8 @@ class GatewayService(MultiService):
         except config.ConfigError as exc:
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc))
+            if self.operations is not None:
+                self.operations.reloaded(None, str(exc))
             return False
         if new.settings.listeners != old.settings.listeners:
             # Routes are authorized by their listener's kind (TLS or plain): never mix the two.
@@ -380,7 +397,12 @@ class GatewayService(MultiService):
             for upstream in new.upstreams:
                 upstream.close()
             close_authorizers(new.authorizers)
+            if self.operations is not None:
+                self.operations.reloaded(None, "listeners changed (listen, tls); restart to "
+                                               "apply")
             return False
+        if self.operations is not None:
+            new = self.operations.instrument(new)
         if new.settings.limits != old.settings.limits or (
                 new.settings.tls and old.settings.tls
                 and new.settings.tls.handshake_timeout != old.settings.tls.handshake_timeout):
@@ -397,6 +419,8 @@ class GatewayService(MultiService):
             upstream.close()
         close_authorizers(old.authorizers)
         log.info("reloaded configuration from {path}", path=str(new.settings.path))
+        if self.operations is not None:
+            self.operations.reloaded(new.settings, None)
         return True
 
 

@@ -55,7 +55,8 @@ Snapshot = Mapping[Path, FileState]
 
 def watched_files(settings: config.GatewaySettings) -> tuple[Path, ...]:
     """Every file *settings* names, in order, each once: the INI file, ``[tls]`` certificate,
-    private key, client CA and CRL, and each route's upstream CA, certificate and key."""
+    private key, client CA and CRL, each route's upstream CA, certificate and key, and the CA,
+    certificate and key of each ``type = http`` authorizer."""
     found: list[Path | None] = [settings.path]
     if settings.tls is not None:
         tls = settings.tls
@@ -63,7 +64,15 @@ def watched_files(settings: config.GatewaySettings) -> tuple[Path, ...]:
     for route in settings.routes:
         upstream = route.upstream
         found += [upstream.ca, upstream.certificate, upstream.private_key]
+    base = settings.path.parent
+    for section in settings.authorizer_sections.values():
+        if section.type == "http":  # its own TLS files; a `file` allowlist re-reads itself
+            found += [base / Path(section.options[key].strip()).expanduser()
+                      for key in _HTTP_AUTHORIZER_FILES if section.options.get(key, "").strip()]
     return tuple(dict.fromkeys(path for path in found if path is not None))
+
+
+_HTTP_AUTHORIZER_FILES = ("ca", "certificate", "private_key")
 
 
 def _state(path: Path, previous: FileState | None) -> FileState:

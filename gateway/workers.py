@@ -11,7 +11,10 @@ and limits. The supervisor:
   ``SIGHUP`` to every worker, or refuses the reload for all of them with one log line;
 * on ``SIGTERM`` sends ``SIGTERM`` to every worker, waits for them to drain (``drain_timeout``
   plus :data:`KILL_GRACE`), kills what is left, and exits 0;
-* relays the workers' log events into its own log, each prefixed ``worker=N``.
+* relays the workers' log events into its own log, each prefixed ``worker=N``;
+* with ``[status]``, serves the status listener itself: the workers write snapshots of their
+  metrics into a directory of this run (``MTLSGW_METRICS_DIR``), and ``/metrics`` adds them up
+  (:mod:`gateway.status`, :mod:`gateway.metrics`).
 
 Because the supervisor holds the sockets, nothing else can take the port while a worker restarts.
 The workers watch a pipe from the supervisor (their stdin) and stop when it closes, so they do
@@ -24,9 +27,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
@@ -304,6 +309,14 @@ class Supervisor(Service):
         self._restarts: dict[int, Any] = {}  # pending restarts (IDelayedCall) by number
         self._stopping = False
         self._reactor_name = reactor_name(reactor)
+        self.operations: Any = None  # gateway.status.Operations, with [status]
+        self._metrics_dir: str | None = None  # where the workers write their metrics
+        self._started_all = False  # every worker has been up once
+        if settings.status is not None:
+            from gateway.status import Operations
+
+            self.operations = Operations(settings, reactor, "supervisor")
+            self.operations.readiness.workers = self._workers_down
         self.loaded = settings  # as last validated: the files it names are watched
         self.systemd = SystemdNotifier.from_environ()  # the workers never notify
         self._notified_ready = False
@@ -327,6 +340,8 @@ class Supervisor(Service):
                 self._ports[listener.name] = bind(self._reactor, listener.socket_listen)
             except CannotListenError as exc:
                 cannot_listen(self.settings, exc)
+        if self.operations is not None:
+            self.operations.listen()
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -334,7 +349,21 @@ class Supervisor(Service):
                  count=self.settings.workers, auto=" (auto)" if self.settings.workers_auto else "")
         signal.signal(signal.SIGHUP,
                       lambda *_: self._reactor.callFromThread(self.notified_reload))
+        if self.operations is not None:
+            # Made here, after twistd dropped privileges: the workers write into it.
+            self._metrics_dir = tempfile.mkdtemp(prefix="mtlsgw-metrics-")
+            self.operations.metrics.read_workers(self._metrics_dir)
+            self.operations.started(self.settings)
         self._reactor.callWhenRunning(self._running)
+
+    def _workers_down(self) -> str | None:
+        """Why ``/readyz`` fails for the workers: until every worker has started, and later
+        while none is up (one being restarted leaves the others serving); else ``None``."""
+        up = sum(1 for worker in self.workers.values() if worker.ready)
+        self._started_all = self._started_all or up == self.settings.workers
+        if up == 0 or not self._started_all:
+            return f"workers starting: {up} of {self.settings.workers} up"
+        return None
 
     def _running(self) -> None:
         # As GatewayService: an orderly, drained stop exits 0 rather than re-raising SIGTERM.
@@ -386,6 +415,10 @@ class Supervisor(Service):
         # NOTIFY_SOCKET and WATCHDOG_*: only the supervisor talks to systemd.
         env = {k: v for k, v in os.environ.items()
                if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", *NOTIFY_VARIABLES)}
+        if self._metrics_dir is not None:
+            from gateway.status import METRICS_DIR_ENV
+
+            env[METRICS_DIR_ENV] = self._metrics_dir
         worker = _Worker(self, number, self._reactor.seconds())
         process = self._reactor.spawnProcess(worker, sys.executable, args, env=env,
                                              childFDs=child_fds)
@@ -400,6 +433,8 @@ class Supervisor(Service):
     def worker_ended(self, worker: _Worker, reason: Failure) -> None:
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
+        if self.operations is not None:
+            self.operations.metrics.retire(worker.pid)  # its counts stay, its gauges go
         if self._stopping:
             log.info("worker {number} pid={pid} exited ({how})", number=worker.number,
                      pid=worker.pid, how=_how(reason))
@@ -422,9 +457,14 @@ class Supervisor(Service):
         except config.ConfigError as exc:
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc))
+            if self.operations is not None:
+                self.operations.reloaded(None, str(exc))
             return False
         if new.listeners != self.settings.listeners:
             log.error("reload refused: listeners changed (listen, tls); restart to apply")
+            if self.operations is not None:
+                self.operations.reloaded(None, "listeners changed (listen, tls); restart to "
+                                               "apply")
             return False
         if (new.workers, new.workers_auto) != (self.settings.workers, self.settings.workers_auto):
             log.warn("reload: workers changed; that takes effect on restart")
@@ -436,10 +476,14 @@ class Supervisor(Service):
                 worker.reload_pending = True
         log.info("reload: {path} is valid; reloading {count} worker(s)",
                  path=str(self.settings.path), count=len(self.workers))
+        if self.operations is not None:
+            self.operations.reloaded(new, None)
         return True
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         """Forward ``SIGTERM`` to every worker, wait for them to drain, then close the sockets."""
+        if self.operations is not None:
+            self.operations.draining()  # /readyz: 503 at once
         super().stopService()
         stopped: Deferred[Any] = Deferred.fromCoroutine(self._stop())
         return stopped
@@ -469,6 +513,10 @@ class Supervisor(Service):
             if timer.active():
                 timer.cancel()
         await DeferredList(self._close(tcp_only=False))
+        if self.operations is not None:
+            self.operations.stop()  # the status listener was open until now
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
     def _close(self, tcp_only: bool) -> list[Deferred[Any]]:
         closing = []

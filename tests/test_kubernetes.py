@@ -103,21 +103,32 @@ def test_secrets_are_mounted_as_directories_never_with_subpath() -> None:
             assert "subPath" not in mount and "subPathExpr" not in mount, mount
 
 
-def test_grace_period_exceeds_the_pause_and_the_drain() -> None:
-    (pause,) = [int(arg) for arg in container()["lifecycle"]["preStop"]["exec"]["command"][1:]]
+def test_grace_period_exceeds_the_drain_delay_and_the_drain() -> None:
     drain_timeout = float(ini_values()[("gateway", "drain_timeout")])
-    drain_delay = float(ini_values().get(("gateway", "drain_delay"), "0"))
-    assert pod()["terminationGracePeriodSeconds"] > pause + drain_delay + drain_timeout
+    drain_delay = float(ini_values()[("gateway", "drain_delay")])
+    assert drain_delay > 0  # the pod keeps serving while it leaves the Service's endpoints
+    assert "lifecycle" not in container()  # no preStop pause on top of it
+    assert pod()["terminationGracePeriodSeconds"] > drain_delay + drain_timeout
 
 
-def test_reloader_signals_the_pid_the_gateway_writes() -> None:
-    assert pod()["shareProcessNamespace"] is True
-    script = container("reloader")["command"][-1]
-    assert "kill -HUP" in script and "/run/mtlsgw/twistd.pid" in script
-    assert "--pidfile=/run/mtlsgw/twistd.pid" in CONTAINERFILE.read_text()
+def test_probes_ask_the_status_listener() -> None:
+    gateway = container()
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    listen = ini_values()[("status", "listen")]
+    assert listen == f"tcp:{ports['status']}"  # all interfaces: the kubelet probes the pod IP
+    assert ini_values()[("status", "allow_non_loopback")] == "yes"
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "status"}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "status"}
+
+
+def test_the_gateway_watches_the_mounted_files_itself() -> None:
+    assert ini_values()[("gateway", "watch_files")] == "yes"
+    assert [c["name"] for c in pod()["containers"]] == ["mtlsgw"]  # no reloader sidecar
+    assert "shareProcessNamespace" not in pod()
+    # every file gw.ini names is under a mounted volume, whose ..data swap the watcher sees
     mounted = {m["mountPath"] for m in container()["volumeMounts"]}
-    for path in re.findall(r"(/etc/mtlsgw/[\w-]+)/\.\.data", script):
-        assert path in mounted
+    named = re.findall(r"= (/etc/mtlsgw/[\w-]+)/", gw_ini())
+    assert named and all(path in mounted for path in named)
 
 
 def mounts() -> dict[str, dict[str, Any]]:

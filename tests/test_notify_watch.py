@@ -132,6 +132,21 @@ def test_watched_files_lists_every_file_once(tmp_path, pki):
         path, pki.server.cert, pki.server.key, pki.ca, pki.alice().cert, pki.alice().key)
 
 
+def test_watched_files_include_an_http_authorizers_tls_files(tmp_path, pki):
+    sections = base_sections(pki, "http://127.0.0.1:1")
+    sections["gateway"]["listen"] = "tcp:8443"
+    (tmp_path / "authz-ca.pem").write_bytes(pki.ca.read_bytes())
+    sections["authorize"] = {"authorizers": "central"}
+    sections["authorizer:central"] = {
+        "type": "http", "url": "https://127.0.0.1:1/check", "ca": "authz-ca.pem",
+        "certificate": str(pki.alice().cert), "private_key": str(pki.alice().key)}
+    path = tmp_path / "gw.ini"
+    path.write_text(render_ini(sections))
+    assert watched_files(config.load(path)) == (
+        path, pki.server.cert, pki.server.key, pki.ca, tmp_path / "authz-ca.pem",
+        pki.alice().cert, pki.alice().key)
+
+
 def test_watcher_tries_each_new_set_of_states_once(tmp_path):
     cert, key = tmp_path / "c", tmp_path / "k"
     cert.write_bytes(b"c1")

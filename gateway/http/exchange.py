@@ -95,6 +95,9 @@ class Exchange:
         self.finished = False
         self.body_complete = head.content_length == 0
         self.received_bytes = 0
+        self.sent_bytes = 0  # response body bytes sent to the client
+        self.upstream_sent = 0.0  # monotonic time the request went to the upstream connection
+        self.upstream_headed = 0.0  # ... and its response head arrived; 0.0: none
         self.upstream: UpstreamRequest | None = None
         self._held: list[bytes] = []  # body bytes before the upstream request exists
         self._paused = False
@@ -255,6 +258,7 @@ class Exchange:
             return
         request_head = b"".join([b"%s %s HTTP/1.1\r\n" % (head.method, target),
                                  *[b"%s: %s\r\n" % pair for pair in headers], b"\r\n"])
+        self.upstream_sent = time.monotonic()
         self.upstream = upstream.request(head.method, request_head, length, self)
         held, self._held = self._held, []
         for data in held:
@@ -272,6 +276,7 @@ class Exchange:
 
     def upstream_head(self, status: int, headers: list[Header], length: int | None) -> None:
         self.upstream_status = status
+        self.upstream_headed = time.monotonic()
         if self.finished:
             return
         self.status = status
@@ -292,6 +297,7 @@ class Exchange:
 
     def upstream_data(self, data: bytes) -> None:
         if not self.finished:
+            self.sent_bytes += len(data)
             self.stream.send_data(data)
 
     def upstream_end(self) -> None:
@@ -372,6 +378,7 @@ class Exchange:
         self.stream.send_head(code, headers or _REFUSAL_HEADERS, len(body),
                               self.head.method != b"HEAD")
         self.stream.send_data(body)
+        self.sent_bytes += len(body) if self.head.method != b"HEAD" else 0
         self._finish()
 
     def _abort_client(self, why: str) -> None:
@@ -393,6 +400,9 @@ class Exchange:
         self._log_access()
 
     def _log_access(self) -> None:
+        metrics = self.listener.metrics  # gateway.metrics.ListenerMetrics, with [status]
+        if metrics is not None:
+            metrics.request(self)
         # Formatted here in one f-string: per-field formatting of a 12-field event was the
         # largest single cost of a small keep-alive request (docs/performance.md).
         identity = self.connection.identity

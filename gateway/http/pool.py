@@ -83,6 +83,11 @@ class Upstream:
         self.authority = host if settings.port == default_port else f"{host}:{settings.port}"
         self.base_path = settings.base_path.encode("ascii")
 
+    @property
+    def connection_counts(self) -> tuple[int, int]:
+        """``(idle, active)``: connections kept in the pool, and those carrying a request."""
+        return len(self._idle), len(self._busy)
+
     def host_header(self, client_host: bytes | None) -> bytes | None:
         """The ``Host`` to send: the client's (``host_header = client``), the upstream's own
         authority (``upstream``) or the configured literal."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import sys
 import termios
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import Limits
+from gateway.handshake_failure import failure_reason
 from gateway.http import h1
 from gateway.http.exchange import Exchange
 from gateway.http.stream import Header, RequestHead
@@ -92,6 +94,7 @@ class Listener(Factory):
     """
 
     noisy = False
+    metrics: Any = None  # a gateway.metrics.ListenerMetrics, with [status]
 
     def __init__(self, name: str, routes: Any, limits: Limits, handshake_timeout: float,
                  tls: bool, reactor: Any, sweep: Sweep) -> None:
@@ -219,6 +222,7 @@ class ServerProtocol(Protocol):
             self._handshake_done = True  # a plain (egress) listener: no handshake, no identity
             self._start_http1()
             return
+        self._accepted = time.monotonic()
         self._set_deadline(listener.handshake_timeout, self._handshake_too_slow)
 
     def _set_deadline(self, seconds: float, expire: Callable[[], None]) -> None:
@@ -233,6 +237,8 @@ class ServerProtocol(Protocol):
     def _handshake_too_slow(self) -> None:
         log.info("tls handshake timed out peer={peer}", peer=peer_address(self.transport))
         self._handshake_done = True  # logged here; not again as a failure in connectionLost
+        if self.listener.metrics is not None:
+            self.listener.metrics.handshake_failed("handshake-timeout")
         self.transport.abortConnection()
 
     def handshakeCompleted(self) -> None:  # noqa: N802
@@ -259,6 +265,8 @@ class ServerProtocol(Protocol):
             # The issuing CA as verified (issuer_sha256 matchers): the leaf's parent in the chain.
             self.identity = self.identity.with_issuer(
                 crypto.dump_certificate(crypto.FILETYPE_ASN1, chain[min(1, len(chain) - 1)]))
+        if self.listener.metrics is not None:
+            self.listener.metrics.handshake_completed(time.monotonic() - self._accepted)
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
             from gateway.http.h2 import H2Session
 
@@ -341,6 +349,14 @@ class ServerProtocol(Protocol):
             depth=error.depth if error else "-",
             reason=clean(_ssl_reason(reason)),
         )
+        ssl_error = reason.check(SSL.Error) is not None
+        # A connection closed without a TLS error before a ClientHello arrived (a TCP health
+        # check, a port scan) is no handshake for the metrics.
+        if self.listener.metrics is not None and (
+                ssl_error or self.transport.getHandle().client_random() is not None):
+            self.listener.metrics.handshake_failed(failure_reason(
+                error.code if error else None, error.reason if error else None,
+                _ssl_reason(reason), ssl_error))
 
     def close(self) -> None:
         """Close after what has been written (TLS close_notify); drop the connection
@@ -359,6 +375,16 @@ class ServerProtocol(Protocol):
             self._set_deadline(CLOSE_GRACE, self._close_expired)
         else:
             self.abort()
+
+    @property
+    def protocol(self) -> str | None:
+        """``h1``, ``h2`` or ``websocket`` (an upgraded connection); ``None`` during the TLS
+        handshake (for ``mtlsgw_connections_open``)."""
+        if not self._handshake_done or self._gone:
+            return None
+        if self._takeover is not None:
+            return "websocket"
+        return "h2" if self._h2 is not None else "h1"
 
     @property
     def busy(self) -> bool:
