@@ -148,7 +148,7 @@ def _decision_text(decision: Decision) -> str:
 
 
 def _decide(pairs: Sequence[tuple[Policy, RequestInfo]],
-            identity: ClientIdentity) -> list[Decision]:
+            identity: ClientIdentity | None) -> list[Decision]:
     """Every policy's decision; runs the reactor while one is asked over the network."""
     from twisted.internet import reactor as global_reactor
     from twisted.internet.defer import Deferred, DeferredList
@@ -252,7 +252,9 @@ def _inspect_request(checked: Any, identity: ClientIdentity, leaf: bytes,
     selected = RouteTable(routes).match(host_name(host) if host else None, path)
     info = RequestInfo(request.method, path, request.host, None, request.client_address,
                        headers=[(b"Host", host)] if host is not None else [])
-    decisions = _decide([(checked.policies[r.name], info) for r in routes], identity)
+    # A plain listener has no client certificate: its authorizers decide without one.
+    decisions = _decide([(checked.policies[r.name], info) for r in routes],
+                        identity if listener.tls else None)
     for route, decision in zip(routes, decisions, strict=True):
         mark = "selected " if route is selected else ""
         print(f"{mark}route {route.name} ({route.host or '*'}{route.prefix} -> "

@@ -235,3 +235,18 @@ def test_a_client_address_that_is_not_an_ip_address_is_a_usage_error(pki):
     result = _run(str(pki.alice().cert), "--client-address", "x\r\nInjected: 1")
     assert result.returncode == 2
     assert "--client-address" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_plain_listener_decides_without_the_certificate_as_the_gateway_does(tmp_path, pki,
+                                                                              upstream):
+    # A plain listener has no client certificate: its authorizers deny no-certificate there,
+    # whatever certificate inspect was given.
+    config = _config(tmp_path, pki, upstream,
+                     listener__plain={"listen": "tcp:0:interface=127.0.0.1", "tls": "off"},
+                     route__egress={"listener": "plain", "upstream": upstream.url,
+                                    "authorizers": "team"})
+    status, out, _ = _inspect(pki.alice().cert, config, listener="plain")
+    assert status == 3
+    assert ("selected route egress (*/ -> " + upstream.url +
+            "): deny (reason no-certificate, authorizer team)") in out
+    assert _inspect(pki.alice().cert, config)[0] == 0  # the TLS listener: alice is allowed
