@@ -110,6 +110,20 @@ def test_decision_headers_replace_the_clients_and_never_owned_ones() -> None:
         (b"Host", b"h"), (b"X-Client-CN", b"alice"), (b"Accept", b"*/*"), (b"X-User", b"real")]
 
 
+def test_decision_headers_of_a_plugin_never_frame_or_break_the_upstream_request() -> None:
+    # A plugin's Decision.upstream_headers are not checked by interpret(): framing and
+    # hop-by-hop names, names that are not tokens and values with CR, LF or other controls
+    # would smuggle a request or a header into the upstream connection.
+    settings = HeaderSettings(prefix="X-Client-", forward_certificate=False)
+    headers = [(b"Host", b"h"), (b"Content-Length", b"5")]
+    added = ((b"Content-Length", b"0"), (b"Transfer-Encoding", b"chunked"),
+             (b"transfer_encoding", b"chunked"), (b"Connection", b"close"),
+             (b"X-A", b"ok\r\nX-Injected: 1"), (b"X-B", b"nul\x00"), (b"X-C", b"caf\xc3\xa9"),
+             (b"Bad Name", b"v"), (b"X-D:", b"v"), (b"X-E\r\nX-F", b"v"), (b"X-Good", b"yes"))
+    assert with_decision_headers(headers, added, settings) == [
+        (b"Host", b"h"), (b"Content-Length", b"5"), (b"X-Good", b"yes")]
+
+
 @pytest.mark.parametrize(("header", "problem"), [
     ("X-Team", None),
     ("Authorization", None),

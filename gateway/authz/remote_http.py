@@ -33,6 +33,7 @@ IDENTITY_HEADERS = HeaderSettings(prefix="X-Client-", forward_certificate=False)
 IDENTITY_HEADERS_WITH_CERT = HeaderSettings(prefix="X-Client-", forward_certificate=True)
 SENT = frozenset({b"x-forwarded-method", b"x-forwarded-uri", b"x-forwarded-host",
                   b"x-forwarded-proto", b"x-forwarded-for"})
+_NEVER_ADDED = SENT | HOP_BY_HOP | {b"host"}  # (normalised names) by an allowing decision
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
 _VALUE = re.compile(rb"[\x20-\x7e]*")  # what the gateway writes: printable ASCII only
 _REASON = re.compile(rb"[a-z0-9][a-z0-9._-]{0,63}")  # a reason id, as the policy wants it
@@ -128,10 +129,12 @@ def with_decision_headers(headers: list[Header], added: Sequence[Header],
                           settings: HeaderSettings) -> list[Header]:
     """*headers* (the upstream request's) with *added* (an allowing decision's
     ``upstream_headers``): each replaces the client's headers of its name (in every spelling,
-    ``_`` or ``.`` for ``-``); one the gateway owns under *settings* is dropped, so an
-    authorization service can never overwrite an identity or forwarding header."""
-    usable = [(n, v) for n, v in added if not is_owned(n, settings)
-              and normalize_name(n) not in SENT and n.lower() != b"host"]
+    ``_`` or ``.`` for ``-``); one the gateway owns under *settings*, a hop-by-hop or framing
+    header, a name that is not a token and a value that is not printable ASCII (a plugin's
+    Decision is not checked by :func:`interpret`) are dropped, so an authorization service can
+    never overwrite an identity or forwarding header nor frame the upstream request."""
+    usable = [(n, v) for n, v in added if _TOKEN.fullmatch(n) and _VALUE.fullmatch(v)
+              and not is_owned(n, settings) and normalize_name(n) not in _NEVER_ADDED]
     if not usable:
         return headers
     names = {normalize_name(n) for n, _ in usable}
