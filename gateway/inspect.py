@@ -75,6 +75,19 @@ def _x509(der: bytes) -> crypto.X509:
         return crypto.load_certificate(crypto.FILETYPE_ASN1, der)
 
 
+def verified_issuer(store: crypto.X509Store, leaf: bytes, chain: Sequence[bytes]
+                    ) -> bytes | None:
+    """DER of *leaf*'s parent in the chain OpenSSL verifies against *store* (the leaf itself
+    when self-issued), as the gateway reads it after the handshake; ``None`` when it does not
+    verify."""
+    try:
+        verified = crypto.X509StoreContext(
+            store, _x509(leaf), [_x509(c) for c in chain]).get_verified_chain()
+    except (crypto.X509StoreContextError, crypto.Error):
+        return None
+    return crypto.dump_certificate(crypto.FILETYPE_ASN1, verified[min(1, len(verified) - 1)])
+
+
 def verification_problem(store: crypto.X509Store, leaf: bytes, chain: Sequence[bytes],
                          depth: int) -> str | None:
     """Why OpenSSL would refuse *leaf* (DER) with intermediates *chain* against *store* (the
@@ -212,8 +225,12 @@ def _inspect_request(checked: Any, identity: ClientIdentity, leaf: bytes,
                      chain: list[bytes], request: Request, out: TextIO, err: TextIO) -> int:
     settings = checked.settings
     status = ALLOWED
-    if chain:  # the issuing CA, as the verified chain gives it to issuer_sha256 matchers
-        identity = identity.with_issuer(chain[0])
+    # The issuing CA for issuer_sha256 matchers: as the gateway takes it, the leaf's parent in
+    # the verified chain (the root in client_ca too); unverified, the first intermediate sent.
+    issuer = (verified_issuer(checked.context.get_cert_store(), leaf, chain)
+              if checked.context is not None else None)
+    if issuer is not None or chain:
+        identity = identity.with_issuer(issuer if issuer is not None else chain[0])
     if checked.context is not None and settings.tls is not None:
         problem = verification_problem(checked.context.get_cert_store(), leaf, chain,
                                        settings.tls.verify_depth)

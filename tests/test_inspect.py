@@ -250,3 +250,19 @@ def test_a_plain_listener_decides_without_the_certificate_as_the_gateway_does(tm
     assert ("selected route egress (*/ -> " + upstream.url +
             "): deny (reason no-certificate, authorizer team)") in out
     assert _inspect(pki.alice().cert, config)[0] == 0  # the TLS listener: alice is allowed
+
+
+def test_issuer_sha256_sees_the_verified_issuer_without_a_chain(tmp_path, pki, upstream):
+    # The gateway's issuer_sha256 is the leaf's parent in the verified chain: for a leaf the
+    # root in client_ca issued, that root, with no intermediates sent.
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    root = hashlib.sha256(pki.root.certificate.public_bytes(Encoding.DER)).hexdigest()
+    config = _config(tmp_path, pki, upstream,
+                     authorizer__rooted={"type": "expr", "rule": f"issuer_sha256({root})"},
+                     authorize={"authorizers": "rooted"})
+    status, out, err = _inspect(pki.alice().cert, config)
+    assert status == 0, out + err
+    assert "allow (reason issuer-sha256-matched, authorizer rooted)" in out
