@@ -145,12 +145,23 @@ class ListenerSettings:
     inner: str = ""
     # Peers (the balancers) allowed to connect to a PROXY-protocol listener; empty: any.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # ``trust_request_id = yes``: a well-formed client ``X-Request-Id`` is kept as the id.
+    trust_request_id: bool = False
 
     @property
     def socket_listen(self) -> str:
         """The description of the endpoint that owns the socket: ``listen`` without
         ``haproxy:``."""
         return self.inner if self.proxy_protocol else self.listen
+
+
+@attrs.frozen
+class LogSettings:
+    """``[log]``: ``format`` of every log line (``text``, twistd's, or ``json``, one object per
+    line, docs/log-schema.json); ``query``: the request record's ``target`` keeps the query."""
+
+    format: str = "text"  # "text" | "json"
+    query: bool = False
 
 
 @attrs.frozen
@@ -186,6 +197,7 @@ class GatewaySettings:
     authorizer_timeout: float = 5.0  # seconds an authorizer may take; then it counts as a denial
     workers: int = 1  # worker processes (``auto`` resolved); see :mod:`gateway.workers`
     workers_auto: bool = False  # ``workers = auto``
+    log: LogSettings = LogSettings()  # ``[log]``
 
     @property
     def supervised(self) -> bool:
@@ -212,7 +224,8 @@ _UPSTREAM_KEYS = {
     "upstream_server_name",
     "host_header",
 }
-_LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port", "trusted_proxies"}
+_LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port", "trusted_proxies",
+                  "trust_request_id"}
 _ROUTE_KEYS = _UPSTREAM_KEYS | {
     "listener", "prefix", "host", "strip_prefix", "policy", "authorizers", "header_prefix",
     "forward_certificate",
@@ -241,11 +254,13 @@ _TLS_KEYS = {
 }
 _AUTHORIZE_KEYS = {"policy", "authorizers", "timeout"}
 _HEADERS_KEYS = {"prefix", "forward_certificate"}
+_LOG_KEYS = {"format", "query"}
 _FIXED_SECTIONS = {
     "gateway": _GATEWAY_KEYS,
     "tls": _TLS_KEYS,
     "authorize": _AUTHORIZE_KEYS,
     "headers": _HEADERS_KEYS,
+    "log": _LOG_KEYS,
 }
 _PATTERN_SECTIONS = ("authorizer", "route", "listener")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
@@ -422,7 +437,8 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
                       int(str(kwargs.get("backlog") or 50)))
     return ListenerSettings(name, raw, tls, section.location, reuse_port, proxy_protocol,
                             inner if proxy_protocol else "",
-                            _trusted_proxies(section, proxy_protocol, kind))
+                            _trusted_proxies(section, proxy_protocol, kind),
+                            section.boolean("trust_request_id", False))
 
 
 def _trusted_proxies(
@@ -709,7 +725,7 @@ def load(path: str | Path) -> GatewaySettings:
             continue
         raise ConfigError(
             f"{path}: [{name}]: unknown section (known: [gateway], [tls], [authorize], "
-            "[headers], [authorizer:NAME], [route:NAME], [listener:NAME])")
+            "[headers], [log], [authorizer:NAME], [route:NAME], [listener:NAME])")
     sections = {}
     for name, known in _FIXED_SECTIONS.items():
         values = dict(parser.items(name)) if parser.has_section(name) else {}
@@ -779,4 +795,6 @@ def load(path: str | Path) -> GatewaySettings:
         routes=tuple(routes),
         workers=workers,
         workers_auto=workers_auto,
+        log=LogSettings(sections["log"].choice("format", "text", ("text", "json")),
+                        sections["log"].boolean("query", False)),
     )

@@ -32,7 +32,9 @@ from gateway.config import HeaderSettings
 from gateway.headers import upstream_request_headers, without_hop_by_hop
 from gateway.http.pool import Upstream, UpstreamRequest
 from gateway.http.stream import ClientStream, Header, RequestHead
+from gateway.jsonlog import request_record
 from gateway.logfmt import clean
+from gateway.requestid import REQUEST_ID, new_request_id, trusted_request_id
 from gateway.routes import upstream_target
 from gateway.target import check_request, host_name
 
@@ -86,6 +88,10 @@ class Exchange:
         self.finished = False
         self.body_complete = head.content_length == 0
         self.received_bytes = 0
+        self.sent_bytes = 0  # response body bytes to the client
+        # X-Request-Id (gateway/requestid.py): the client's only where the listener trusts it.
+        self.request_id = ((self.listener.trust_request_id and trusted_request_id(head.headers))
+                           or new_request_id())
         self.upstream: UpstreamRequest | None = None
         self._held: list[bytes] = []  # body bytes before the upstream request exists
         self._paused = False
@@ -205,6 +211,7 @@ class Exchange:
             head.headers, connection.identity, route.headers, connection.peer_host, client_host,
             tls=connection.tls,
             upstream_host=upstream_host if upstream_host != client_host else None)
+        headers.append((REQUEST_ID, self.request_id.encode("ascii")))
         target = upstream.base_path + upstream_target(head.target, route.prefix,
                                                       route.strip_prefix)
         if head.upgrade and head.version == b"HTTP/1.1":
@@ -265,6 +272,7 @@ class Exchange:
 
     def upstream_data(self, data: bytes) -> None:
         if not self.finished:
+            self.sent_bytes += len(data)
             self.stream.send_data(data)
 
     def upstream_end(self) -> None:
@@ -325,8 +333,11 @@ class Exchange:
         if not self.body_complete or code == 400:
             self.stream.close_after_response()
         self.status = code
-        self.stream.send_head(code, _REFUSAL_HEADERS, len(body), self.head.method != b"HEAD")
+        bodied = self.head.method != b"HEAD"
+        self.stream.send_head(code, [*_REFUSAL_HEADERS, (REQUEST_ID, self.request_id.encode())],
+                              len(body), bodied)
         self.stream.send_data(body)
+        self.sent_bytes += len(body) if bodied else 0
         self._finish()
 
     def _abort_client(self, why: str) -> None:
@@ -365,6 +376,7 @@ class Exchange:
             reason, authorizer = clean(decision.reason), clean(decision.authorizer or "-")
         subject = _clean_subject(identity.subject) if identity else "-"
         head = self.head
+        duration = (time.monotonic() - self.started) * 1000
         line = (
             f'request peer={self.connection.peer_host} method="{clean(head.method)}" '
             f'path="{clean(head.target)}" subject="{subject}" '
@@ -373,9 +385,13 @@ class Exchange:
             f"reason={reason} authorizer={authorizer} "
             f"status={'-' if code is None else code} "
             f"upstream_status={self.upstream_status} "
-            f"duration_ms={(time.monotonic() - self.started) * 1000:.1f}"
+            f"duration_ms={duration:.1f} request_id={self.request_id}"
         )
-        access_log.info("{access}", access=line)
+        if self.listener.log_settings.format == "json":
+            access_log.info("{access}", access=line, mtlsgw_record=request_record(
+                self, duration, self.listener.log_settings.query))
+        else:
+            access_log.info("{access}", access=line)
 
 
 @functools.lru_cache(maxsize=4096)

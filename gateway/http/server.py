@@ -28,11 +28,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import Limits
+from gateway.config import Limits, LogSettings
 from gateway.http import h1
 from gateway.http.exchange import Exchange
 from gateway.http.stream import Header, RequestHead
 from gateway.identity import ClientIdentity
+from gateway.jsonlog import handshake_record
 from gateway.logfmt import clean, peer_address
 from gateway.tls import handshake_state
 
@@ -91,6 +92,8 @@ class Listener(Factory):
     """
 
     noisy = False
+    log_settings = LogSettings()  # [log], set by the service (as started: restart to change)
+    trust_request_id = False  # the listener's trust_request_id
 
     def __init__(self, name: str, routes: Any, limits: Limits, handshake_timeout: float,
                  tls: bool, reactor: Any, sweep: Sweep) -> None:
@@ -142,6 +145,7 @@ class ServerProtocol(Protocol):
     """
 
     transport: Any
+    log_parts: Any = None  # the JSON log's per-connection parts (gateway/jsonlog.py)
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -209,7 +213,9 @@ class ServerProtocol(Protocol):
         self._expire()
 
     def _handshake_too_slow(self) -> None:
-        log.info("tls handshake timed out peer={peer}", peer=peer_address(self.transport))
+        log.info("tls handshake timed out peer={peer}", peer=peer_address(self.transport),
+                 mtlsgw_record=handshake_record(self.listener.name, self.transport, None,
+                                                "handshake timed out"))
         self._handshake_done = True  # logged here; not again as a failure in connectionLost
         self.transport.abortConnection()
 
@@ -314,6 +320,8 @@ class ServerProtocol(Protocol):
             verify=clean(error.reason) if error else "-",
             depth=error.depth if error else "-",
             reason=clean(_ssl_reason(reason)),
+            mtlsgw_record=handshake_record(self.listener.name, self.transport, error,
+                                           _ssl_reason(reason)),
         )
 
     def close(self) -> None:
