@@ -53,7 +53,9 @@ class _ServiceMaker:
         from gateway.workers import make_service
 
         service = make_service(options["config"])  # a supervisor when [gateway] workers is not 1
-        service.log_observer = observer_for(getattr(options, "parent", None))
+        settings = getattr(service, "settings", None) or service.generation.settings
+        service.log_observer = observer_for(getattr(options, "parent", None),
+                                            settings.log.format)
         return service
 
 
