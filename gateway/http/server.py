@@ -35,6 +35,7 @@ from gateway.http.stream import Header, RequestHead
 from gateway.identity import ClientIdentity
 from gateway.jsonlog import handshake_record
 from gateway.logfmt import clean, peer_address
+from gateway.requestid import REQUEST_ID, new_request_id
 from gateway.tls import handshake_state
 
 log = Logger(namespace="mtlsgw.tls")
@@ -488,12 +489,15 @@ class ServerProtocol(Protocol):
     def _refuse(self, status: int, reason: str) -> None:
         """Answer a request refused while its head was read, log it, and close."""
         body = refusal(status, reason)
+        request_id = new_request_id()
         self.transport.write(h1.response_head(b"HTTP/1.1", status, [
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Content-Length", b"%d" % len(body)),
+            (REQUEST_ID, request_id.encode("ascii")),
             (b"Connection", b"close")]) + body)
-        log.info("request rejected peer={peer} status={status} reason={reason}",
-                 peer=peer_address(self.transport), status=status, reason=reason)
+        log.info("request rejected peer={peer} status={status} reason={reason} "
+                 "request_id={request_id}", peer=peer_address(self.transport), status=status,
+                 reason=reason, request_id=request_id)
         self._closing = True
         self.close()
 
