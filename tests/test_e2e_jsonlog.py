@@ -193,7 +193,7 @@ def test_local_responses_carry_the_records_request_id(gateway, pki, trusted, who
         assert request_id != "client-id"
 
 
-def test_head_too_large_and_bad_host_are_records_with_ids(gateway, pki):
+def test_misdirected_request_is_a_record_with_its_id(gateway, pki):
     data = raw_exchange(gateway.port, _context(pki),
                         b"GET /misdirected HTTP/1.1\r\nHost: other.example\r\n\r\n", 5)
     [response], _ = parse_responses(data)
@@ -306,13 +306,14 @@ def test_twistd_and_twisted_lines_are_log_records(gateway):
     assert any(r["namespace"] == "mtlsgw" and "listening on" in r["text"] for r in logs)
 
 
-# -- standard output, query = yes ---------------------------------------------------------------
+# -- standard output, query = yes, access_log = problems --------------------------------------
 
 
-def test_json_on_standard_output_with_query(tmp_path, pki, upstream):
+def test_json_on_standard_output_with_query_and_problems_only(tmp_path, pki, upstream):
     port = free_port()
     sections = base_sections(pki, upstream.url)
     sections["gateway"]["listen"] = f"tcp:{port}:interface=127.0.0.1"
+    sections["gateway"]["access_log"] = "problems"
     sections["log"] = {"format": "json", "query": "yes"}
     config = tmp_path / "gw.ini"
     config.write_text(render_ini(sections))
@@ -322,16 +323,21 @@ def test_json_on_standard_output_with_query(tmp_path, pki, upstream):
             assert process.poll() is None, process.communicate()
             return socket.socket().connect_ex(("127.0.0.1", port)) == 0
         wait_for(listening, "the gateway to listen")
-        status, _, body = https_request(port, _context(pki), path="/q?a=1&b=%22")
+        status, _, body = https_request(port, _context(pki), path="/fine?a=1")
         assert status == 200
-        [request_id] = _ids(_seen(body))
+        [fine_id] = _ids(_seen(body))
+        status, headers, _ = https_request(port, _context(pki, "bob"), path="/q?a=1&b=%22")
+        assert status == 403
+        [denied_id] = [v for k, v in headers if k.lower() == "x-request-id"]
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=DEADLINE)
     assert process.returncode == 0, err
     found = validated(out)
+    # access_log = problems: the allowed 200 has no record, the denial has.
     [record] = [r for r in found if r["event"] == "request"]
-    assert record["request_id"] == request_id and record["target"] == "/q?a=1&b=%22"
+    assert record["request_id"] == denied_id != fine_id
+    assert record["target"] == "/q?a=1&b=%22" and record["decision"] == "deny"
     texts = [r["text"] for r in found if r["event"] == "log"]
     assert any("starting up" in t for t in texts) and any("Server Shut Down" in t for t in texts)
 
