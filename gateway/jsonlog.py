@@ -12,9 +12,10 @@ Every record has ``time`` (RFC 3339 UTC with milliseconds, ``2026-12-01T12:00:00
 * ``log`` — every other event, Twisted's and twistd's own included: level, namespace, text.
 
 A log event carries its record in the field ``mtlsgw_record`` (a ``dict`` of JSON values;
-``time`` and ``level`` are filled in from the event by the observer); :func:`json_line` turns any
-event into its line with ``json.dumps`` (``ensure_ascii``: no control character or non-ASCII
-character reaches the line unescaped).
+``time`` and ``level`` are filled in from the event by the observer), a request event also the
+encoded members of its connection in ``mtlsgw_connection``; :func:`json_line` turns any event
+into its line with Python's JSON encoder (``ensure_ascii``: no control character or non-ASCII
+character reaches the line unescaped), never by formatting values itself.
 Bytes the client sent (method, target) are decoded as ISO 8859-1, one character per byte, so
 ``target.encode("latin-1")`` gives the bytes back. :class:`JSONLogObserver` writes the lines as
 :class:`~gateway.accesslog.BufferedLogObserver` writes text: request records batched per reactor
@@ -71,7 +72,11 @@ def json_line(event: LogEvent) -> str:
                   "namespace": str(event.get("log_namespace") or "-"), "text": text}
     if worker is not None:
         record["worker"] = worker
-    return _encode(record) + "\n"
+    line = _encode(record)
+    members = event.get("mtlsgw_connection")
+    if members:  # a request's connection members, encoded once per connection
+        return f"{line[:-1]},{members}}}\n"
+    return line + "\n"
 
 
 def _traceback(failure: Any) -> str:
@@ -146,17 +151,18 @@ def identity_part(identity: ClientIdentity | None) -> dict[str, Any] | None:
     }
 
 
-def connection_parts(connection: Any) -> tuple[dict[str, Any], dict[str, Any] | None,
-                                                 dict[str, Any] | None]:
-    """``(client, tls, identity)`` of a client connection, computed at its first request and
-    kept on it (``connection.log_parts``) for the others."""
-    parts = connection.log_parts
-    if parts is None:
+def connection_members(connection: Any) -> str:
+    """The ``client``, ``tls`` and ``identity`` members of a connection's request records,
+    encoded (``"client":{...},"tls":{...},"identity":{...}``): computed and encoded at its first
+    request and kept on it (``connection.log_parts``) for the others."""
+    members = connection.log_parts
+    if members is None:
         transport = connection.transport
-        parts = connection.log_parts = (
-            client_part(transport), tls_part(transport) if connection.tls else None,
-            identity_part(connection.identity))
-    return parts  # type: ignore[no-any-return]
+        members = connection.log_parts = _encode({
+            "client": client_part(transport),
+            "tls": tls_part(transport) if connection.tls else None,
+            "identity": identity_part(connection.identity)})[1:-1]
+    return members  # type: ignore[no-any-return]
 
 
 def _ms(start: float | None, end: float | None) -> float | None:
@@ -164,9 +170,9 @@ def _ms(start: float | None, end: float | None) -> float | None:
 
 
 def request_record(exchange: Any, duration_ms: float, query: bool) -> dict[str, Any]:
-    """The ``request`` record of a finished :class:`~gateway.http.exchange.Exchange`; *query*:
-    whether ``target`` keeps the query string."""
-    client, tls, identity = connection_parts(exchange.connection)
+    """The ``request`` record of a finished :class:`~gateway.http.exchange.Exchange`, without
+    the members its connection gives (:func:`connection_members`); *query*: whether ``target``
+    keeps the query string."""
     head = exchange.head
     target = head.target if query else head.target.split(b"?", 1)[0]
     decision = exchange.decision
@@ -188,9 +194,6 @@ def request_record(exchange: Any, duration_ms: float, query: bool) -> dict[str, 
         "request_id": exchange.request_id,
         "listener": exchange.listener.name,
         "route": route.name if route is not None else None,
-        "client": client,
-        "tls": tls,
-        "identity": identity,
         "decision": None if decision is None else ("allow" if decision.allowed else "deny"),
         "reason": decision.reason if decision is not None else exchange.local_reason,
         "authorizer": decision.authorizer if decision is not None else None,

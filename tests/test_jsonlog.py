@@ -133,7 +133,8 @@ def test_a_workers_request_record_crosses_the_pipe_intact():
     pipe = PipeLogObserver(out)
     record = {"time": None, "event": "request", "level": None, "target": "/caf\u00e9\n"}
     Logger(namespace="mtlsgw.access", observer=pipe).info(
-        "{access}", access='request path="/caf%C3%A9%0A"', mtlsgw_record=record)
+        "{access}", access='request path="/caf%C3%A9%0A"', mtlsgw_record=record,
+        mtlsgw_connection='"client":{"address":"192.0.2.1","port":1}')
     [line] = out.getvalue().splitlines()
     assert line.startswith(b"R ") and line.isascii()
     event = worker_event(2, line, stderr=False, now=0.0)
@@ -141,6 +142,7 @@ def test_a_workers_request_record_crosses_the_pipe_intact():
     assert event["access"] == 'worker=2 request path="/caf%C3%A9%0A"'
     relayed = json.loads(json_line(event))
     assert relayed["worker"] == 2 and relayed["target"] == "/caf\u00e9\n"
+    assert relayed["client"] == {"address": "192.0.2.1", "port": 1}
 
 
 def test_a_workers_other_events_keep_their_record_and_text():

@@ -32,7 +32,7 @@ from gateway.config import HeaderSettings
 from gateway.headers import upstream_request_headers, without_hop_by_hop
 from gateway.http.pool import Upstream, UpstreamRequest
 from gateway.http.stream import ClientStream, Header, RequestHead
-from gateway.jsonlog import request_record
+from gateway.jsonlog import connection_members, request_record
 from gateway.logfmt import clean
 from gateway.requestid import REQUEST_ID, new_request_id, trusted_request_id
 from gateway.routes import upstream_target
@@ -389,7 +389,8 @@ class Exchange:
         )
         if self.listener.log_settings.format == "json":
             access_log.info("{access}", access=line, mtlsgw_record=request_record(
-                self, duration, self.listener.log_settings.query))
+                self, duration, self.listener.log_settings.query),
+                mtlsgw_connection=connection_members(self.connection))
         else:
             access_log.info("{access}", access=line)
 
