@@ -86,7 +86,7 @@ def trusted_port() -> int:
 def gateway(start_gateway, trusted_port, upstream):
     return start_gateway({
         "log": {"format": "json"},
-        "tls": {"http2": "yes"},
+        "tls": {"http2": "yes", "handshake_timeout": "1"},
         "listener:trusted": {"listen": f"tcp:{trusted_port}:interface=127.0.0.1",
                              "trust_request_id": "yes"},
         "route:trusted": {"listener": "trusted", "prefix": "/t",
@@ -233,6 +233,14 @@ def test_refused_handshake_without_certificate(gateway, pki):
                 if r["verify_error"] is None and "certificate" in r["reason"]]
     [record, *_] = wait_for(find, "the handshake-refused record without certificate")
     assert record["subject"] is None and record["depth"] is None
+
+
+def test_handshake_timeout_is_a_refused_handshake_record(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port)) as silent:
+        port = silent.getsockname()[1]
+        [record] = wait_for(lambda: [r for r in records(gateway, "handshake-refused")
+                                     if r["client"]["port"] == port], "the timeout record")
+    assert record["reason"] == "handshake timed out" and record["verify_error"] is None
 
 
 def test_control_characters_and_non_ascii_give_single_line_json(gateway, pki):
