@@ -40,11 +40,22 @@ GIB = 1 << 30
 BEFORE = "mtlsgw-before"  # the gateway built from --before REF, in its own virtualenv
 # every target, in the order of the columns and of the A B C rounds
 TARGETS = (BEFORE, "mtlsgw", "nginx")
+TELEMETRY = "mtlsgw-observed"  # the telemetry scenario's mtlsgw with metrics and the JSON log on
 GATEWAYS = (BEFORE, "mtlsgw")
 # the order they run in; "h2" restarts the proxies with HTTP/2 enabled, "multi" with N processes
 # (--processes; mtlsgw with `workers = N` under --multi-mode workers), "profile" runs mtlsgw alone
 # under cProfile
-SCENARIOS = ("keepalive", "handshake", "latency", "transfer", "idle", "h2", "multi", "profile")
+SCENARIOS = (
+    "keepalive",
+    "handshake",
+    "latency",
+    "transfer",
+    "idle",
+    "telemetry",
+    "h2",
+    "multi",
+    "profile",
+)
 Run = dict[str, Any]
 
 
@@ -338,6 +349,7 @@ class Bench:
             "PKI": self.pki["dir"],
             "UPSTREAM_PORT": str(self.ports["upstream"]),
             "USER": "user root;" if os.geteuid() == 0 else "",
+            "EXTRA_SECTIONS": "",
         }
 
         up = self.start(
@@ -809,6 +821,55 @@ class Bench:
 
     def sc_idle(self) -> None:
         self.alternate("idle", self.idle, rounds=self.args.idle_rounds)
+
+    def sc_telemetry(self) -> None:
+        """The cost of observability: the working tree's mtlsgw as configured for the other
+        scenarios ("mtlsgw", metrics and the JSON log off) against a second process of it with
+        a `[status]` listener serving Prometheus metrics and `[log] format = json` (TELEMETRY),
+        keep-alive small GET, alternated with nginx in the same rounds. After each run of the
+        observed gateway its /metrics is scraped once, and the requests it counted are recorded
+        (a check that the metrics were really on)."""
+        a = self.args
+        if "mtlsgw" not in self.active:
+            log("telemetry: needs the mtlsgw target; skipped")
+            return
+        self.check_alive()
+        status_port = procs.free_port()
+        self.ports[TELEMETRY] = procs.free_port()
+        extra = (
+            f"[status]\nlisten = tcp:{status_port}:interface=127.0.0.1\n\n[log]\nformat = json\n"
+        )
+        values = dict(
+            self.values,
+            PORT=str(self.ports[TELEMETRY]),
+            GATEWAY_EXTRA="",
+            TLS_EXTRA="",
+            EXTRA_SECTIONS=extra,
+        )
+        ini = fill(BENCH / "conf/mtlsgw.ini", self.run_dir / f"{TELEMETRY}.ini", values)
+        try:
+            p = self.start_mtlsgw(ini, TELEMETRY, TELEMETRY)
+        except StartupError as exc:
+            reason = startup_reason(exc)
+            log(f"SKIPPED: telemetry: mtlsgw with [status] and [log] format = json: {reason}")
+            self.results["skipped"]["telemetry"] = reason
+            return
+        self.active[TELEMETRY] = [p]
+        self.loadgen_run(TELEMETRY, a.concurrency, a.warmup)
+
+        def run(t: str) -> Run:
+            out = self.loadgen_run(t, a.concurrency, a.duration)
+            if t == TELEMETRY:
+                out["metrics_requests_total"] = scrape_requests(status_port)
+            return out
+
+        order = [t for t in ("mtlsgw", TELEMETRY, "nginx") if t in self.active]
+        try:
+            self.alternate("telemetry", run, targets=order)
+        finally:
+            self.stop_proc(p)
+            del self.active[TELEMETRY]
+        self.check_alive()
 
     def sc_h2(self) -> None:
         """HTTP/2 keep-alive small GET: the proxies restarted with h2 offered in ALPN (mtlsgw
@@ -1615,6 +1676,50 @@ def profile_markdown(res: dict[str, Any]) -> str:
     return "\n".join(out).rstrip()
 
 
+def scrape_requests(port: int) -> float | None:
+    """The sum of mtlsgw_requests_total in one scrape of /metrics on the status port."""
+    try:
+        status, body, _ = procs.http_get("127.0.0.1", port, "/metrics", timeout=5)
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    total = 0.0
+    for line in body.decode("utf-8", "replace").splitlines():
+        if line.startswith("mtlsgw_requests_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def telemetry_markdown(res: dict[str, Any]) -> str:
+    """Keep-alive req/s with metrics and the JSON log off and on, from the same rounds."""
+    if "telemetry" not in res["scenarios"]:
+        return "(not measured in this run: `--scenarios ...,telemetry`)"
+    off = scen_median(res, "telemetry", "mtlsgw", "rps")
+    on = scen_median(res, "telemetry", TELEMETRY, "rps")
+    nginx = scen_median(res, "telemetry", "nginx", "rps")
+    off_core = scen_median(res, "telemetry", "mtlsgw", "rps_per_core")
+    on_core = scen_median(res, "telemetry", TELEMETRY, "rps_per_core")
+    counted = scen_median(res, "telemetry", TELEMETRY, "metrics_requests_total")
+    cost = None if not off or on is None else 100 * (1 - on / off)
+    cost_core = None if not off_core or on_core is None else 100 * (1 - on_core / off_core)
+    rows = [
+        "| keep-alive small GET | req/s | per core of proxy CPU | / nginx |",
+        "|---|--:|--:|--:|",
+        f"| mtlsgw, metrics and JSON log off | {fmt_num(off)} | {fmt_num(off_core)} "
+        f"| {r2(ratio(off, nginx))} |",
+        f"| mtlsgw, `[status]` (Prometheus) and `[log] format = json` on | {fmt_num(on)} "
+        f"| {fmt_num(on_core)} | {r2(ratio(on, nginx))} |",
+        f"| nginx (1 worker) | {fmt_num(nginx)} | | 1.00 |",
+        "",
+        f"Cost of metrics and the JSON log: **{fmt_num(cost, 1)} %** of req/s, "
+        f"{fmt_num(cost_core, 1)} % per core (goal: under 10 %). The observed gateway's last "
+        f"scrape of a round counted {fmt_num(counted)} requests in mtlsgw_requests_total "
+        "(cumulative over its rounds).",
+    ]
+    return "\n".join(rows)
+
+
 def write_docs(res: dict[str, Any], json_path: Path, dest: Path) -> None:
     m = res["machine"]
     s = res["settings"]
@@ -1663,6 +1768,7 @@ def write_docs(res: dict[str, Any], json_path: Path, dest: Path) -> None:
             else f"{s['processes']} `twistd mtlsgw` processes with `reuse_port = yes`"
         ),
         profile=profile_markdown(res),
+        telemetry=telemetry_markdown(res),
         health=health_markdown(res),
         direct_p50=fmt_num(median([r.get("p50_ms") for r in lat]), 2),
         direct_p99=fmt_num(median([r.get("p99_ms") for r in lat]), 2),

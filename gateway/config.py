@@ -90,6 +90,15 @@ class HeaderSettings:
 
     prefix: str
     forward_certificate: bool
+    # Header formats written (gateway.formats): "nginx" (the prefix headers), "xfcc",
+    # "rfc9440", "traefik"; every format's names are owned whichever are enabled.
+    formats: tuple[str, ...] = ("nginx",)
+    xfcc_mode: str = "sanitize_set"  # Envoy's forward_client_cert_details, lower case
+    xfcc_details: tuple[str, ...] = ("Subject", "URI", "DNS")  # set_current_client_cert_details
+    xfcc_by: tuple[str, ...] = ()  # URI SANs of the gateway's own certificate (XFCC By)
+    # SHA-256 fingerprints (lower-case hex) of the proxies whose XFCC a forwarding mode keeps:
+    # the route's listener's trusted_proxy_sha256.
+    trusted_proxy_sha256: frozenset[str] = frozenset()
 
 
 @attrs.frozen
@@ -126,6 +135,7 @@ class Limits:
     drain_timeout: float  # seconds in-flight requests get to finish on SIGTERM
     access_log: str  # "all" | "problems" (denied, refused, status >= 400, aborted)
     max_header_count: int = 100  # header lines in one request head (431)
+    drain_delay: float = 0.0  # seconds still accepting after SIGTERM, before the drain
 
 
 @attrs.frozen
@@ -145,6 +155,8 @@ class ListenerSettings:
     inner: str = ""
     # Peers (the balancers) allowed to connect to a PROXY-protocol listener; empty: any.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Client-certificate SHA-256 fingerprints of proxies whose XFCC header may be forwarded.
+    trusted_proxy_sha256: frozenset[str] = frozenset()
     # ``trust_request_id = yes``: a well-formed client ``X-Request-Id`` is kept as the id.
     trust_request_id: bool = False
 
@@ -197,6 +209,9 @@ class GatewaySettings:
     authorizer_timeout: float = 5.0  # seconds an authorizer may take; then it counts as a denial
     workers: int = 1  # worker processes (``auto`` resolved); see :mod:`gateway.workers`
     workers_auto: bool = False  # ``workers = auto``
+    # ``watch_files``: seconds between two checks of the files named here (0: not watched);
+    # see :mod:`gateway.watch`.
+    watch_interval: float = 0.0
     log: LogSettings = LogSettings()  # ``[log]``
 
     @property
@@ -225,10 +240,10 @@ _UPSTREAM_KEYS = {
     "host_header",
 }
 _LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port", "trusted_proxies",
-                  "trust_request_id"}
+                  "trusted_proxy_sha256", "trust_request_id"}
 _ROUTE_KEYS = _UPSTREAM_KEYS | {
     "listener", "prefix", "host", "strip_prefix", "policy", "authorizers", "header_prefix",
-    "forward_certificate",
+    "forward_certificate", "formats", "xfcc_mode", "xfcc_details",
 }
 _GATEWAY_KEYS = _UPSTREAM_KEYS | _LISTENER_KEYS | {
     "idle_timeout",
@@ -240,6 +255,9 @@ _GATEWAY_KEYS = _UPSTREAM_KEYS | _LISTENER_KEYS | {
     "drain_timeout",
     "access_log",
     "workers",
+    "drain_delay",
+    "watch_files",
+    "watch_interval",
 }
 _TLS_KEYS = {
     "certificate",
@@ -253,7 +271,7 @@ _TLS_KEYS = {
     "http2",
 }
 _AUTHORIZE_KEYS = {"policy", "authorizers", "timeout"}
-_HEADERS_KEYS = {"prefix", "forward_certificate"}
+_HEADERS_KEYS = {"prefix", "forward_certificate", "formats", "xfcc_mode", "xfcc_details"}
 _LOG_KEYS = {"format", "query"}
 _FIXED_SECTIONS = {
     "gateway": _GATEWAY_KEYS,
@@ -438,7 +456,8 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
     return ListenerSettings(name, raw, tls, section.location, reuse_port, proxy_protocol,
                             inner if proxy_protocol else "",
                             _trusted_proxies(section, proxy_protocol, kind),
-                            section.boolean("trust_request_id", False))
+                            _trusted_proxy_sha256(section, tls),
+                            trust_request_id=section.boolean("trust_request_id", False))
 
 
 def _trusted_proxies(
@@ -615,7 +634,104 @@ def _headers(section: _Section, key: str = "prefix",
         prefix=prefix,
         forward_certificate=section.boolean(
             "forward_certificate", defaults.forward_certificate if defaults else False),
+        **_formats(section, defaults or HeaderSettings(prefix, False)),
     )
+
+
+def _formats(section: _Section, defaults: HeaderSettings) -> dict[str, Any]:
+    """``formats``, ``xfcc_mode`` and ``xfcc_details`` of *section*, defaulting to *defaults*."""
+    from gateway.formats import FORMATS, XFCC, XFCC_DETAILS, XFCC_MODES
+
+    formats = defaults.formats
+    raw = section.get("formats")
+    if raw is not None:
+        listed = [item.lower() for item in parse_list(raw)]
+        unknown = [item for item in listed if item not in FORMATS]
+        if unknown or not listed:
+            raise section.location.at("formats", raw).error(
+                f"list one or more of {', '.join(FORMATS)}")
+        formats = tuple(dict.fromkeys(listed))
+    mode = section.get("xfcc_mode")
+    details = section.get("xfcc_details")
+    for key, value in (("xfcc_mode", mode), ("xfcc_details", details)):
+        # In [headers] they are defaults for the routes that enable xfcc themselves.
+        if value is not None and XFCC not in formats and section.location.section != "headers":
+            raise section.location.at(key, value).error(
+                "only meaningful with xfcc in the route's formats (set here or in [headers])")
+    xfcc_details = defaults.xfcc_details
+    if details is not None:
+        by_name = {name.lower(): name for name in XFCC_DETAILS}
+        chosen = [by_name.get(item.lower()) for item in parse_list(details)]
+        if None in chosen:
+            raise section.location.at("xfcc_details", details).error(
+                f"list any of {', '.join(XFCC_DETAILS)} (By and Hash are always written)")
+        xfcc_details = tuple(name for name in XFCC_DETAILS if name in chosen)
+    return {
+        "formats": formats,
+        "xfcc_mode": (section.choice("xfcc_mode", "sanitize_set", XFCC_MODES)
+                      if mode is not None else defaults.xfcc_mode),
+        "xfcc_details": xfcc_details,
+        "xfcc_by": defaults.xfcc_by,
+    }
+
+
+def _trusted_proxy_sha256(section: _Section, tls: bool) -> frozenset[str]:
+    """``trusted_proxy_sha256``: SHA-256 fingerprints (64 hex digits, ``:`` allowed) of the
+    client certificates of proxies whose ``X-Forwarded-Client-Cert`` may be forwarded."""
+    raw = section.get("trusted_proxy_sha256")
+    if raw is None:
+        return frozenset()
+    loc = section.location.at("trusted_proxy_sha256", raw)
+    if not tls:
+        raise loc.error("only meaningful on a TLS listener (the proxies are known by their "
+                        "client certificates)")
+    fingerprints = set()
+    for item in parse_list(raw):
+        digest = item.replace(":", "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise loc.error(f"{item!r} is not a SHA-256 fingerprint (64 hex digits)")
+        fingerprints.add(digest)
+    if not fingerprints:
+        raise loc.error("list at least one SHA-256 fingerprint")
+    return frozenset(fingerprints)
+
+
+def _server_uris(tls: TLSSettings | None) -> tuple[str, ...]:
+    """The URI SANs of the gateway's own certificate (XFCC ``By``); none when it cannot be read
+    here (:mod:`gateway.tls` then reports the certificate)."""
+    if tls is None:
+        return ()
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from gateway.identity import read_certificate, read_sans
+
+    try:
+        leaf = x509.load_pem_x509_certificates(tls.certificate.read_bytes())[0]
+        return read_sans(read_certificate(leaf.public_bytes(Encoding.DER))).uris
+    except (ValueError, OSError, IndexError):
+        return ()
+
+
+def _route_headers(section: _Section, listener: ListenerSettings,
+                   headers: HeaderSettings, name: str) -> HeaderSettings:
+    """The route's header settings, with its listener's trusted proxies; a forwarding
+    ``xfcc_mode`` needs them."""
+    from gateway.formats import XFCC, XFCC_FORWARDING
+
+    settings = _headers(section, "header_prefix", headers)
+    settings = attrs.evolve(settings, trusted_proxy_sha256=listener.trusted_proxy_sha256)
+    if (XFCC in settings.formats and settings.xfcc_mode in XFCC_FORWARDING
+            and not listener.trusted_proxy_sha256):
+        loc = (section.location if section.get("xfcc_mode") is not None
+               else Location(section.location.path, "headers"))
+        where_listener = ("[gateway]" if listener.name == "main"
+                          else f"[listener:{listener.name}]")
+        raise loc.at("xfcc_mode", settings.xfcc_mode).error(
+            f"forwards the client's X-Forwarded-Client-Cert (route {name!r}): set "
+            f"trusted_proxy_sha256 in {where_listener} to the fingerprints of the proxies' "
+            "client certificates")
+    return settings
 
 
 def _defined_authorizers(
@@ -699,7 +815,7 @@ def _route(
         upstream=_upstream(section, base),
         policy=policy,
         authorizers=authorizers,
-        headers=_headers(section, "header_prefix", headers),
+        headers=_route_headers(section, listeners[listener], headers, name),
         location=section.location,
     )
 
@@ -750,6 +866,7 @@ def load(path: str | Path) -> GatewaySettings:
 
     defined = _defined_authorizers(parser, path)
     headers = _headers(sections["headers"])
+    headers = attrs.evolve(headers, xfcc_by=_server_uris(tls))
     routes = []
     if gateway.get("upstream") is None:
         for key in sorted(_UPSTREAM_KEYS - {"upstream"}):
@@ -788,6 +905,7 @@ def load(path: str | Path) -> GatewaySettings:
             drain_timeout=gateway.seconds("drain_timeout", 10.0, allow_zero=True),
             access_log=gateway.choice("access_log", "all", ("all", "problems")),
             max_header_count=gateway.integer("max_header_count", 100, 1, 10000),
+            drain_delay=gateway.seconds("drain_delay", 0.0, allow_zero=True),
         ),
         authorizer_timeout=sections["authorize"].seconds("timeout", 5.0, allow_zero=True),
         tls=tls,
@@ -795,6 +913,13 @@ def load(path: str | Path) -> GatewaySettings:
         routes=tuple(routes),
         workers=workers,
         workers_auto=workers_auto,
+        watch_interval=_watch_interval(gateway),
         log=LogSettings(sections["log"].choice("format", "text", ("text", "json")),
                         sections["log"].boolean("query", False)),
     )
+
+
+def _watch_interval(section: _Section) -> float:
+    """``watch_files`` and ``watch_interval``: the seconds between two checks, 0 for off."""
+    interval = section.seconds("watch_interval", 5.0)  # checked even while off
+    return interval if section.boolean("watch_files", False) else 0.0

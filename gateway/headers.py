@@ -6,7 +6,8 @@ Two rules make the identity headers trustworthy for the upstream (docs/headers.m
 
 * **Ownership.** Every client header whose name, lower-cased and with ``_`` and ``.`` read as
   ``-``, starts with the configured prefix (``x-client-``), and every ``X-Forwarded-For``,
-  ``X-Forwarded-Proto``, ``X-Forwarded-Host``, ``Forwarded`` and ``X-Request-Id`` header, is
+  ``X-Forwarded-Proto``, ``X-Forwarded-Host``, ``Forwarded`` and ``X-Request-Id`` header, and
+  every name a format of :mod:`gateway.formats` writes (whether the route enables it or not), is
   removed before the gateway adds its own. WSGI/CGI servers map ``X-Client-CN``,
   ``X_Client_CN`` and ``x.client.cn`` to the same variable, so all spellings are removed.
 * **Escaping.** Every value written is single-line printable ASCII. Certificate strings (CN and
@@ -23,6 +24,16 @@ from collections.abc import Sequence
 from urllib.parse import quote
 
 from gateway.config import HeaderSettings
+from gateway.formats import (
+    FORMAT_HEADERS,
+    NGINX,
+    XFCC,
+    XFCC_FORWARDING,
+    XFCC_HEADER,
+    XFCC_WRITING,
+    format_values,
+    names_client_cert,
+)
 from gateway.identity import ClientIdentity
 
 Header = tuple[bytes, bytes]
@@ -103,7 +114,7 @@ def is_owned(name: bytes, settings: HeaderSettings) -> bool:
     """True if the gateway owns header *name* (any case; ``_``/``.`` spellings included)."""
     normalized = normalize_name(name)
     return (normalized.startswith(_prefix(settings)) or normalized in FORWARDED
-            or normalized == REQUEST_ID)
+            or normalized in FORMAT_HEADERS or normalized == REQUEST_ID)
 
 
 def _prefix(settings: HeaderSettings) -> bytes:
@@ -112,15 +123,31 @@ def _prefix(settings: HeaderSettings) -> bytes:
 
 @functools.lru_cache(maxsize=1024)
 def identity_values(
-    identity: ClientIdentity | None, settings: HeaderSettings
+    identity: ClientIdentity | None, settings: HeaderSettings,
+    intermediates: tuple[bytes, ...] = (),
 ) -> tuple[Header, ...]:
-    """The identity headers for *identity* (``None``: connection without a certificate).
+    """The identity headers for *identity* (``None``: connection without a certificate) in
+    every format of ``settings.formats``; *intermediates* are the DER certificates the client
+    sent after its leaf (for XFCC ``Chain``, ``Client-Cert-Chain`` and Traefik's headers).
 
-    Returns ``(name, value)`` pairs with the configured prefix. A list header with no item (no SAN
-    of that type, no CN) and an empty subject or issuer are left out; a list of one empty item
-    (``CN=``) is sent as an empty header. Dates are RFC 3339 UTC (``2026-01-31T12:00:00Z``).
-    Cached: a keep-alive connection's requests share one computation.
+    The ``nginx`` format's are ``(name, value)`` pairs with the configured prefix. A list header
+    with no item (no SAN of that type, no CN) and an empty subject or issuer are left out; a list
+    of one empty item (``CN=``) is sent as an empty header. Dates are RFC 3339 UTC
+    (``2026-01-31T12:00:00Z``). The other formats (:mod:`gateway.formats`) follow, and write
+    nothing for a connection without a certificate. Cached: a keep-alive connection's requests
+    share one computation.
     """
+    formats = settings.formats
+    nginx = _nginx_values(identity, settings) if NGINX in formats else ()
+    if identity is None or formats == (NGINX,):
+        return nginx
+    others = format_values(identity, intermediates, formats, settings.xfcc_details,
+                           settings.xfcc_by, settings.xfcc_mode in XFCC_WRITING)
+    return nginx + others
+
+
+def _nginx_values(identity: ClientIdentity | None,
+                  settings: HeaderSettings) -> tuple[Header, ...]:
     fields: list[tuple[str, str | None]]
     if identity is None:
         fields = [(VERIFY, "NONE")]
@@ -187,6 +214,7 @@ def upstream_request_headers(
     *,
     tls: bool = True,
     upstream_host: bytes | None = None,
+    intermediates: tuple[bytes, ...] = (),
 ) -> list[Header]:
     """The headers to send upstream for one client request.
 
@@ -196,15 +224,64 @@ def upstream_request_headers(
     identity headers (only for a TLS listener: *tls*), ``X-Forwarded-For`` (the client's address),
     ``X-Forwarded-Proto`` (``https`` or ``http``) and ``X-Forwarded-Host`` (the client's
     ``Host``). ``Host`` is the client's, or *upstream_host* when given (``host_header``).
+    *intermediates*: the certificates the client sent after its leaf (DER).
+
+    A forwarding ``xfcc_mode`` keeps the client's ``X-Forwarded-Client-Cert`` (that spelling
+    only) when its certificate's fingerprint is in ``trusted_proxy_sha256``; ``append_forward``
+    then appends the gateway's element after a ``,``.
     """
+    forwarded = None
+    if settings.trusted_proxy_sha256 and identity is not None:
+        forwarded = _trusted_xfcc(client_headers, identity, settings)
     kept = [(n, v) for n, v in without_hop_by_hop(client_headers) if not is_owned(n, settings)]
     if upstream_host is not None:
         kept = [(n, v) for n, v in kept if n.lower() != b"host"]
         kept.insert(0, (b"Host", upstream_host))
     if tls:
-        kept.extend(identity_values(identity, settings))
+        values = identity_values(identity, settings, intermediates)
+        if forwarded:
+            kept.extend(_forward_xfcc(values, forwarded, settings))
+        else:
+            kept.extend(values)
     kept.append((b"X-Forwarded-For", client_ip.encode("ascii")))
     kept.append((b"X-Forwarded-Proto", b"https" if tls else b"http"))
     if host is not None:
         kept.append((b"X-Forwarded-Host", host))
     return kept
+
+
+_XFCC_NAME = XFCC_HEADER.lower().encode("ascii")
+
+
+def _trusted_xfcc(client_headers: Sequence[Header], identity: ClientIdentity,
+                  settings: HeaderSettings) -> list[bytes] | None:
+    """The client's XFCC values when this route forwards them and the client is a trusted
+    proxy; ``None`` otherwise."""
+    if (XFCC not in settings.formats or settings.xfcc_mode not in XFCC_FORWARDING
+            or identity.fingerprint_sha256 not in settings.trusted_proxy_sha256):
+        return None
+    return [v for n, v in client_headers if n.lower() == _XFCC_NAME]
+
+
+def _forward_xfcc(values: Sequence[Header], forwarded: list[bytes],
+                  settings: HeaderSettings) -> list[Header]:
+    name = XFCC_HEADER.encode("ascii")
+    if settings.xfcc_mode != "append_forward":
+        return [*values, *((name, value) for value in forwarded)]
+    out = []
+    for header, value in values:
+        if header == name:  # Envoy's APPEND_FORWARD: the proxy's elements, then ours
+            value = b",".join([*forwarded, value])
+        out.append((header, value))
+    return out
+
+
+def vary_for_client_cert(headers: list[Header]) -> list[Header]:
+    """*headers* of an upstream response, with ``Vary`` rewritten to ``*`` when one names
+    ``Client-Cert`` or ``Client-Cert-Chain`` (RFC 9440 §2.4: a cache outside the gateway cannot
+    see those request fields); unchanged (the same list) otherwise."""
+    if not any(n.lower() == b"vary" and names_client_cert(v) for n, v in headers):
+        return headers
+    out = [(n, v) for n, v in headers if n.lower() != b"vary"]
+    out.append((b"Vary", b"*"))
+    return out

@@ -38,11 +38,13 @@ from gateway.http.exchange import Route
 from gateway.http.pool import Upstream
 from gateway.http.server import Listener, Sweep
 from gateway.jsonlog import reload_record
+from gateway.notify import SystemdNotifier
 from gateway.proxied import proxy_protocol_endpoint
 from gateway.reuseport import ReusePortEndpoint
 from gateway.routes import RouteTable
 from gateway.tls import ServerConnectionCreator, build_context
 from gateway.upstream_tls import UpstreamTLS
+from gateway.watch import FileWatcher, watched_files
 from gateway.worker import InheritedEndpoint
 
 log = Logger(namespace="mtlsgw")
@@ -213,6 +215,11 @@ class GatewayService(MultiService):
             service._raiseSynchronously = True  # a port in use fails the start, not later
             service.setServiceParent(self)
         self._previous_handler: Any = None
+        # A worker leaves systemd and file watching to its supervisor.
+        self.systemd = SystemdNotifier(None) if self._worker else SystemdNotifier.from_environ()
+        self._watcher = FileWatcher(
+            reactor, settings.watch_interval, lambda: watched_files(self.generation.settings),
+            self.notified_reload) if settings.watch_interval and not self._worker else None
 
     def setServiceParent(self, parent: Any) -> None:  # noqa: N802
         """Under twistd, *parent* is the application: offer it the gateway's log observer (an
@@ -243,8 +250,25 @@ class GatewayService(MultiService):
                      listen=listener.listen, kind="mTLS" if listener.tls else "plain HTTP",
                      routes=routes)
         self._previous_handler = signal.signal(
-            signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload))
+            signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.notified_reload))
         self._reactor.callWhenRunning(self._handle_sigterm)
+        self._reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        # Every service of the application has started by now: the listeners are bound.
+        listening = ", ".join(x.listen for x in self.generation.settings.listeners)
+        self.systemd.ready(f"serving on {listening}")
+        self.systemd.start_watchdog(self._reactor)
+        if self._watcher is not None:
+            self._watcher.start()
+
+    def notified_reload(self) -> bool:
+        """:meth:`reload`, between ``RELOADING=1`` and ``READY=1`` to systemd (``SIGHUP``,
+        ``watch_files``)."""
+        self.systemd.reloading()
+        ok = self.reload()
+        self.systemd.reloaded(ok)
+        return ok
 
     def _handle_sigterm(self) -> None:
         # Twisted's own handler makes twistd re-raise SIGTERM at exit (status -15); a drained,
@@ -267,8 +291,17 @@ class GatewayService(MultiService):
         return stopped
 
     async def _drain(self) -> None:
+        delay = self._limits.drain_delay  # as started: limits change on restart only
+        drain_timeout = self._limits.drain_timeout
+        self.systemd.stopping(f"accepting for {delay:g} s more, then draining for up to "
+                              f"{drain_timeout:g} s")
+        if self._watcher is not None:
+            self._watcher.stop()
+        if delay > 0:
+            # Still accepting and serving, while load balancers take this instance out.
+            log.info("drain_delay: accepting for {delay} s more before draining", delay=delay)
+            await deferLater(self._reactor, delay, lambda: None)
         await super().stopService()  # listening ports closed: nothing new comes in
-        drain_timeout = self._limits.drain_timeout  # as started: limits change on restart only
         drained: set[Any] = set()
 
         def drain_new() -> list[Deferred[None]]:

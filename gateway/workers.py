@@ -50,7 +50,10 @@ from twisted.python.failure import Failure
 
 from gateway import config
 from gateway.accesslog import BufferedLogObserver, offer_observer
+from gateway.activation import check_passed_sockets, passed_sockets
 from gateway.jsonlog import reload_record
+from gateway.notify import NOTIFY_VARIABLES, SystemdNotifier
+from gateway.watch import FileWatcher, watched_files
 
 if TYPE_CHECKING:
     from gateway.service import GatewayService
@@ -277,6 +280,7 @@ class _Worker(ProcessProtocol):
             self.ready = True
             if self.reload_pending:
                 self.signal("HUP")
+            self.supervisor.worker_ready()
 
     def signal(self, name: str) -> None:
         with suppress(ProcessExitedAlready, OSError):
@@ -312,6 +316,12 @@ class Supervisor(Service):
         self._restarts: dict[int, Any] = {}  # pending restarts (IDelayedCall) by number
         self._stopping = False
         self._reactor_name = reactor_name(reactor)
+        self.loaded = settings  # as last validated: the files it names are watched
+        self.systemd = SystemdNotifier.from_environ()  # the workers never notify
+        self._notified_ready = False
+        self._watcher = FileWatcher(reactor, settings.watch_interval,
+                                    lambda: watched_files(self.loaded), self.notified_reload
+                                    ) if settings.watch_interval else None
 
     def setServiceParent(self, parent: Any) -> None:  # noqa: N802
         """As :meth:`GatewayService.setServiceParent`: offer twistd the log observer, which then
@@ -334,7 +344,8 @@ class Supervisor(Service):
         super().startService()
         log.info("mtlsgw supervisor pid={pid}: {count} worker(s){auto}", pid=os.getpid(),
                  count=self.settings.workers, auto=" (auto)" if self.settings.workers_auto else "")
-        signal.signal(signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload))
+        signal.signal(signal.SIGHUP,
+                      lambda *_: self._reactor.callFromThread(self.notified_reload))
         self._reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
@@ -342,6 +353,25 @@ class Supervisor(Service):
         signal.signal(signal.SIGTERM, lambda *_: self._reactor.callFromThread(self._terminate))
         for number in range(1, self.settings.workers + 1):
             self._spawn(number)
+        self.systemd.start_watchdog(self._reactor)
+        if self._watcher is not None:
+            self._watcher.start()
+
+    def worker_ready(self) -> None:
+        """A worker serves: ``READY=1`` to systemd once all of them do, the first time."""
+        if self._notified_ready or self._stopping:
+            return
+        if sum(worker.ready for worker in self.workers.values()) == self.settings.workers:
+            self._notified_ready = True
+            self.systemd.ready(f"serving with {self.settings.workers} worker(s)")
+
+    def notified_reload(self) -> bool:
+        """:meth:`reload`, between ``RELOADING=1`` and ``READY=1`` to systemd (``SIGHUP``,
+        ``watch_files``)."""
+        self.systemd.reloading()
+        ok = self.reload()
+        self.systemd.reloaded(ok)
+        return ok
 
     def _terminate(self) -> None:
         if self.log_observer is not None:
@@ -365,8 +395,9 @@ class Supervisor(Service):
         if self._reactor_name is not None:
             args += ["--reactor", self._reactor_name]
         # The socket-activation variables describe the supervisor's descriptors, not the worker's.
+        # NOTIFY_SOCKET and WATCHDOG_*: only the supervisor talks to systemd.
         env = {k: v for k, v in os.environ.items()
-               if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")}
+               if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", *NOTIFY_VARIABLES)}
         worker = _Worker(self, number, self._reactor.seconds())
         process = self._reactor.spawnProcess(worker, sys.executable, args, env=env,
                                              childFDs=child_fds)
@@ -412,6 +443,7 @@ class Supervisor(Service):
             return False
         if (new.workers, new.workers_auto) != (self.settings.workers, self.settings.workers_auto):
             log.warn("reload: workers changed; that takes effect on restart")
+        self.loaded = new
         for worker in self.workers.values():
             if worker.ready:
                 worker.signal("HUP")
@@ -429,12 +461,17 @@ class Supervisor(Service):
 
     async def _stop(self) -> None:
         self._stopping = True
+        delay = self.settings.limits.drain_delay  # applied by each worker, not here as well
+        self.systemd.stopping(f"stopping {len(self.workers)} worker(s): accepting for "
+                              f"{delay:g} s more, then draining")
+        if self._watcher is not None:
+            self._watcher.stop()
         for call in self._restarts.values():
             call.cancel()
         self._restarts.clear()
         workers = list(self.workers.values())
         if workers:
-            limit = self.settings.limits.drain_timeout + KILL_GRACE
+            limit = delay + self.settings.limits.drain_timeout + KILL_GRACE
             log.info("stopping {count} worker(s), waiting up to {limit} s", count=len(workers),
                      limit=limit)
             for worker in workers:
@@ -478,6 +515,7 @@ def make_service(path: str | Path, reactor: Any = None) -> GatewayService | Supe
 
         reactor = default_reactor
     settings = config.load(path)
+    check_passed_sockets(settings, passed_sockets())
     if settings.supervised:
         return Supervisor(settings, reactor)
     return build(path, reactor)

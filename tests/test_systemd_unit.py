@@ -41,6 +41,10 @@ def test_unit_runs_twistd_as_documented() -> None:
         "--config /etc/mtlsgw/gw.ini"]
     assert unit["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
     assert unit["Restart"] == ["on-failure"]
+    # sd_notify(3) from the main process (gateway/notify.py), watchdog pinged by the reactor.
+    assert unit["Type"] == ["notify"]
+    assert unit["NotifyAccess"] == ["main"]
+    assert unit["WatchdogSec"] == ["30s"]
     assert unit["User"] == ["mtlsgw"]
     assert unit["CapabilityBoundingSet"] == [""]
     assert unit["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]

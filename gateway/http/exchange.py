@@ -29,7 +29,8 @@ from twisted.logger import Logger
 from gateway.authz.interfaces import Decision, RequestInfo
 from gateway.authz.policy import Policy
 from gateway.config import HeaderSettings
-from gateway.headers import upstream_request_headers, without_hop_by_hop
+from gateway.formats import RFC9440
+from gateway.headers import upstream_request_headers, vary_for_client_cert, without_hop_by_hop
 from gateway.http.pool import Upstream, UpstreamRequest
 from gateway.http.stream import ClientStream, Header, RequestHead
 from gateway.jsonlog import connection_members, request_record
@@ -46,6 +47,7 @@ _REFUSAL_HEADERS = [(b"Content-Type", b"text/plain; charset=utf-8")]
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_INFORMATIONAL = 8  # 1xx responses relayed per request; more are dropped
 _BODILESS = (204, 304)
+_NGINX_ONLY = ("nginx",)  # the default header format, which needs no peer chain
 
 
 @attrs.frozen
@@ -210,7 +212,9 @@ class Exchange:
         headers = upstream_request_headers(
             head.headers, connection.identity, route.headers, connection.peer_host, client_host,
             tls=connection.tls,
-            upstream_host=upstream_host if upstream_host != client_host else None)
+            upstream_host=upstream_host if upstream_host != client_host else None,
+            intermediates=(connection.peer_chain if route.headers.formats != _NGINX_ONLY
+                           else ()))
         headers.append((REQUEST_ID, self.request_id.encode("ascii")))
         target = upstream.base_path + upstream_target(head.target, route.prefix,
                                                       route.strip_prefix)
@@ -264,6 +268,9 @@ class Exchange:
         if not self.body_complete:
             # The upstream answers before the client finished sending: close after this.
             self.stream.close_after_response()
+        route = self.route
+        if route is not None and RFC9440 in route.headers.formats:
+            headers = vary_for_client_cert(headers)
         self.stream.send_head(status, without_hop_by_hop(headers), length, body)
         if not body:
             return

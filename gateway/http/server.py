@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
@@ -131,6 +132,17 @@ def _unsent(transport: Any) -> int:
     return int.from_bytes(queued, sys.byteorder)
 
 
+def sent_after_leaf(connection: SSL.Connection) -> tuple[bytes, ...]:
+    """The DER of the certificates the client sent after its leaf, in the order sent (the
+    intermediates of RFC 9440 ``Client-Cert-Chain``). OpenSSL's server-side peer chain leaves the
+    leaf out; it is dropped here too should it appear."""
+    chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+    leaf = connection.get_peer_certificate(as_cryptography=True)
+    ders = [cert.public_bytes(Encoding.DER) for cert in chain]
+    leaf_der = leaf.public_bytes(Encoding.DER) if leaf is not None else None
+    return tuple(der for der in ders if der != leaf_der)
+
+
 def refusal(status: int, reason: str) -> bytes:
     """The body of a response the gateway writes itself: ``<code> <phrase>: <reason>\\n``."""
     return b"%d %s: %s\n" % (status, h1.reason_phrase(status), clean(reason).encode("ascii"))
@@ -152,6 +164,7 @@ class ServerProtocol(Protocol):
         self.listener = listener
         self.tls = listener.tls
         self.identity: ClientIdentity | None = None
+        self._peer_chain: tuple[bytes, ...] | None = None  # read when a format needs it
         self.server_name: str | None = None
         self.peer_host = "unix"
         self.deadline: float | None = None  # for the listener's Sweep
@@ -177,6 +190,15 @@ class ServerProtocol(Protocol):
         self._takeover: Callable[[bytes], None] | None = None  # an upgraded connection's reader
         self._takeover_lost: Callable[[], None] | None = None
         self._on_lost: list[Deferred[None]] = []
+
+    @property
+    def peer_chain(self) -> tuple[bytes, ...]:
+        """The DER of the certificates the client sent after its leaf (none without a client
+        certificate); read from the TLS connection once, when a header format first needs it."""
+        if self._peer_chain is None:
+            self._peer_chain = (sent_after_leaf(self.transport.getHandle())
+                                if self.identity is not None else ())
+        return self._peer_chain
 
     # -- connection ----------------------------------------------------------------------------
 

@@ -69,6 +69,10 @@ class ClientConnection(Protocol):
     peer_host: str
     listener: Any
 
+    @property
+    def peer_chain(self) -> tuple[bytes, ...]:
+        """DER of the certificates the client sent after its leaf, in the order sent."""
+
 
 class ClientStream(Protocol):
     """What an exchange writes its response to: an HTTP/1.1 connection or an HTTP/2 stream."""

@@ -50,9 +50,14 @@ class _ServiceMaker:
 
     def makeService(self, options: Options):  # type: ignore[no-untyped-def]
         from gateway.accesslog import observer_for
+        from gateway.config import ConfigError
         from gateway.workers import make_service
 
-        service = make_service(options["config"])  # a supervisor when [gateway] workers is not 1
+        try:  # a supervisor when [gateway] workers is not 1
+            service = make_service(options["config"])
+        except ConfigError as exc:  # e.g. a systemd: listener started without its socket
+            sys.stderr.write(f"mtlsgw: {exc}\n")
+            raise SystemExit(1) from None
         settings = getattr(service, "settings", None) or service.generation.settings
         service.log_observer = observer_for(getattr(options, "parent", None),
                                             settings.log.format)
