@@ -237,8 +237,7 @@ class ServerProtocol(Protocol):
 
     def _handshake_too_slow(self) -> None:
         log.info("tls handshake timed out peer={peer}", peer=peer_address(self.transport),
-                 mtlsgw_record=handshake_record(self.listener.name, self.transport, None,
-                                                "handshake timed out"))
+                 mtlsgw_record=self._handshake_record(None, "handshake timed out"))
         self._handshake_done = True  # logged here; not again as a failure in connectionLost
         self.transport.abortConnection()
 
@@ -343,9 +342,14 @@ class ServerProtocol(Protocol):
             verify=clean(error.reason) if error else "-",
             depth=error.depth if error else "-",
             reason=clean(_ssl_reason(reason)),
-            mtlsgw_record=handshake_record(self.listener.name, self.transport, error,
-                                           _ssl_reason(reason)),
+            mtlsgw_record=self._handshake_record(error, _ssl_reason(reason)),
         )
+
+    def _handshake_record(self, error: Any, reason: str) -> dict[str, Any] | None:
+        """The JSON log's ``handshake-refused`` record, built only for ``[log] format = json``."""
+        if self.listener.log_settings.format != "json":
+            return None
+        return handshake_record(self.listener.name, self.transport, error, reason)
 
     def close(self) -> None:
         """Close after what has been written (TLS close_notify); drop the connection
