@@ -1,6 +1,10 @@
 """The ``mtlsgw`` command: helpers around the gateway (the gateway itself runs under ``twistd``).
 
     mtlsgw check-config FILE        validate FILE as the gateway would at start; exit 0 or 1
+    mtlsgw inspect CERT.pem [--config FILE] [--method M] [--path P] [--host H] [--chain PEM]
+                                    what the gateway would do with that certificate: its
+                                    identity, the headers it writes, each route's decision;
+                                    exit 0 allowed, 3 denied, 2 bad certificate, 1 bad config
     mtlsgw dev-pki DIR              write a development CA, server and client certificates
     mtlsgw quickstart [--dir DIR]   dev PKI + demo upstream + gateway on https://localhost:8443
 """
@@ -62,6 +66,15 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  route {route.name}: {route.listener} {route.host or '*'}{route.prefix} -> "
               f"{route.upstream.url} (policy {route.policy}: {names})")
     return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from gateway.inspect import Request, inspect
+
+    request = Request(method=args.method, path=args.path, host=args.host or None,
+                      client_address=args.client_address, listener=args.listener)
+    return inspect(Path(args.certificate), Path(args.config) if args.config else None, request,
+                   Path(args.chain) if args.chain else None)
 
 
 def _dev_pki(args: argparse.Namespace) -> int:
@@ -129,6 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     check.set_defaults(run=_check_config)
+    look = commands.add_parser(
+        "inspect", help="show what the gateway would do with a client certificate")
+    look.add_argument("certificate", metavar="CERT.pem")
+    look.add_argument("--config", help="the gateway's config file (without: identity and "
+                      "default headers only)")
+    look.add_argument("--method", default="GET")
+    look.add_argument("--path", default="/")
+    look.add_argument("--host", default="localhost", help="the request's Host ('' for none)")
+    look.add_argument("--chain", help="PEM bundle of the intermediates the client sends")
+    look.add_argument("--client-address", default="127.0.0.1")
+    look.add_argument("--listener", default="main", help="the listener the request arrives on")
+    look.set_defaults(run=_inspect)
     pki = commands.add_parser("dev-pki", help="write a development PKI")
     pki.add_argument("dir")
     pki.add_argument("--client-cn", default="alice")

@@ -157,6 +157,10 @@ class ListenerSettings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # Client-certificate SHA-256 fingerprints of proxies whose XFCC header may be forwarded.
     trusted_proxy_sha256: frozenset[str] = frozenset()
+    # ``%2F``, ``%5C`` and ``\`` in request paths: "keep" | "reject" | "unescape"
+    # (gateway/pathnorm.py). Not compared (eq=False): a reload may change it (the route tables
+    # carry it), where other listener changes need a restart.
+    escaped_slashes: str = attrs.field(default="keep", eq=False)
     # ``trust_request_id = yes``: a well-formed client ``X-Request-Id`` is kept as the id.
     trust_request_id: bool = False
 
@@ -195,6 +199,8 @@ class RouteSettings:
     authorizers: tuple[AuthorizerSection, ...]
     headers: HeaderSettings
     location: Location
+    normalize_path: bool = True  # route on, authorize and forward the normalised path
+    deny_status: int = 403  # 403, or 404: a denial answered as a no-route 404
 
 
 @attrs.frozen
@@ -209,6 +215,8 @@ class GatewaySettings:
     authorizer_timeout: float = 5.0  # seconds an authorizer may take; then it counts as a denial
     workers: int = 1  # worker processes (``auto`` resolved); see :mod:`gateway.workers`
     workers_auto: bool = False  # ``workers = auto``
+    # Every [authorizer:NAME] section by name (``type = expr`` rules name others).
+    authorizer_sections: Mapping[str, AuthorizerSection] = attrs.field(factory=dict)
     # ``watch_files``: seconds between two checks of the files named here (0: not watched);
     # see :mod:`gateway.watch`.
     watch_interval: float = 0.0
@@ -240,10 +248,11 @@ _UPSTREAM_KEYS = {
     "host_header",
 }
 _LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port", "trusted_proxies",
-                  "trusted_proxy_sha256", "trust_request_id"}
+                  "trusted_proxy_sha256", "escaped_slashes", "trust_request_id"}
 _ROUTE_KEYS = _UPSTREAM_KEYS | {
     "listener", "prefix", "host", "strip_prefix", "policy", "authorizers", "header_prefix",
-    "forward_certificate", "formats", "xfcc_mode", "xfcc_details",
+    "forward_certificate", "formats", "xfcc_mode", "xfcc_details", "normalize_path",
+    "deny_status",
 }
 _GATEWAY_KEYS = _UPSTREAM_KEYS | _LISTENER_KEYS | {
     "idle_timeout",
@@ -457,6 +466,8 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
                             inner if proxy_protocol else "",
                             _trusted_proxies(section, proxy_protocol, kind),
                             _trusted_proxy_sha256(section, tls),
+                            section.choice("escaped_slashes", "keep",
+                                           ("keep", "reject", "unescape")),
                             trust_request_id=section.boolean("trust_request_id", False))
 
 
@@ -806,17 +817,26 @@ def _route(
         policy = authorize.choice("policy", "any", ("any", "all"))
     else:
         authorizers, policy = (), "open"  # a plain loopback listener: no identity to check
+    normalize_path = section.boolean("normalize_path", True)
+    strip_prefix = section.boolean("strip_prefix", False)
+    if strip_prefix and not normalize_path:
+        raise section.location.at("normalize_path", section.get("normalize_path")).error(
+            "cannot be combined with strip_prefix = yes: the prefix is cut from the normalised "
+            "path")
+    deny_status = section.choice("deny_status", "403", ("403", "404"))
     return RouteSettings(
         name=name,
         listener=listener,
         prefix=prefix,
         host=host.lower().rstrip(".") if host else None,
-        strip_prefix=section.boolean("strip_prefix", False),
+        strip_prefix=strip_prefix,
         upstream=_upstream(section, base),
         policy=policy,
         authorizers=authorizers,
         headers=_route_headers(section, listeners[listener], headers, name),
         location=section.location,
+        normalize_path=normalize_path,
+        deny_status=int(deny_status),
     )
 
 
@@ -913,6 +933,7 @@ def load(path: str | Path) -> GatewaySettings:
         routes=tuple(routes),
         workers=workers,
         workers_auto=workers_auto,
+        authorizer_sections=defined,
         watch_interval=_watch_interval(gateway),
         log=LogSettings(sections["log"].choice("format", "text", ("text", "json")),
                         sections["log"].boolean("query", False)),

@@ -134,6 +134,7 @@ class RawCertificate:
     not_before: datetime.datetime
     not_after: datetime.datetime
     extensions: tuple[tuple[str, bool, bytes], ...]  # (OID, critical, value octets), in order
+    spki: bytes = b""  # the DER SubjectPublicKeyInfo (RFC 5280 §4.1.2.7), as encoded
 
     def extension_values(self, oid: str) -> list[bytes]:
         """The value octets of every extension *oid* (usually none or one)."""
@@ -198,6 +199,7 @@ def read_certificate(der: bytes) -> RawCertificate:
             not_before=_utc(tbs["validity"]["not_before"].native),
             not_after=_utc(tbs["validity"]["not_after"].native),
             extensions=tuple(extensions),
+            spki=bytes(tbs["subject_public_key_info"].dump()),
         )
     except UnreadableCertificateError:
         raise
@@ -382,6 +384,15 @@ class ClientIdentity:
     certificate: x509.Certificate | None = attrs.field(eq=False, repr=False)
     # One label ("CN") per name value that could not be decoded (left out of common_names).
     undecoded: tuple[str, ...] = ()
+    # SHA-256 (64 lowercase hex digits) of the DER of the certificate that issued the leaf in
+    # the chain OpenSSL verified (the leaf itself when it is trusted directly): set per
+    # connection (see with_issuer); None where no verified chain is known.
+    issuer_sha256: str | None = None
+
+    def with_issuer(self, issuer_der: bytes) -> ClientIdentity:
+        """This identity with :attr:`issuer_sha256` of the DER certificate *issuer_der* (cached:
+        clients reconnect with the same certificates and chains)."""
+        return _with_issuer(self, issuer_der)
 
     @classmethod
     def from_certificate(cls, certificate: x509.Certificate) -> ClientIdentity:
@@ -422,6 +433,11 @@ def _from_der(der: bytes, certificate: x509.Certificate | None) -> ClientIdentit
         certificate=certificate,
         undecoded=tuple("CN" for n in names if n is None),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _with_issuer(identity: ClientIdentity, issuer_der: bytes) -> ClientIdentity:
+    return attrs.evolve(identity, issuer_sha256=hashlib.sha256(issuer_der).hexdigest())
 
 
 @functools.lru_cache(maxsize=4096)

@@ -1,5 +1,7 @@
 """Choosing the route for a request: longest path prefix, Host-specific routes first. Pure.
 
+The path matched is the normalised one (:mod:`gateway.pathnorm`).
+
 A route matches when the request path starts with its ``prefix`` (plain string prefix, as
 nginx's ``location /prefix``: give ``/api/`` to exclude ``/apiary``) and, if the route names a
 ``host``, the request's Host (without port or trailing dot, case-insensitive) is that host. Among
@@ -26,9 +28,11 @@ R = TypeVar("R", bound=_Routable)
 class RouteTable(Generic[R]):
     """The routes of one listener, searched per request by :meth:`match`."""
 
-    def __init__(self, routes: Sequence[R]) -> None:
+    def __init__(self, routes: Sequence[R], escaped_slashes: str = "keep") -> None:
         self._routes = sorted(routes, key=lambda r: (len(r.prefix), r.host is not None),
                               reverse=True)
+        # How the listener's request paths treat %2F, %5C and "\\" (gateway/pathnorm.py).
+        self.escaped_slashes = escaped_slashes
 
     def match(self, host: str | None, path: str) -> R | None:
         """The route for *host* (a normalised Host name, or ``None``) and *path*, or ``None``."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from gateway import config
 from gateway.accesslog import BufferedLogObserver, offer_observer
+from gateway.authz.interfaces import IAuthorizer
 from gateway.authz.policy import Policy
 from gateway.authz.registry import available_types, build_authorizers
 from gateway.http.exchange import Route
@@ -58,6 +59,8 @@ class Checked:
     context: Any  # OpenSSL.SSL.Context, or None when no listener uses TLS
     policies: dict[str, Policy]  # by route name
     upstream_tls: dict[str, UpstreamTLS]  # by route name, for https upstreams
+    # every authorizer built, once each (also those only a rule names), to close on replacement
+    authorizers: tuple[IAuthorizer, ...] = ()
 
 
 @attrs.frozen
@@ -69,6 +72,7 @@ class Generation:
     tables: dict[str, RouteTable[Route]]  # by listener name
     upstreams: tuple[Upstream, ...]
     sweep: Sweep  # the timer sweep of the upstream connections and the client connections
+    authorizers: tuple[Any, ...] = ()  # every authorizer built (Checked.authorizers)
 
 
 def validate(path: str | Path) -> Checked:
@@ -82,12 +86,25 @@ def validate(path: str | Path) -> Checked:
     types = available_types()
     policies = {}
     upstream_tls = {}
+    built: dict[str, IAuthorizer] = {}  # one authorizer per section, shared by its routes
     for route in settings.routes:
-        policies[route.name] = Policy(route.policy, build_authorizers(route.authorizers, types),
-                                      timeout=settings.authorizer_timeout)
+        policies[route.name] = _policy(route, settings, types, built)
         if route.upstream.scheme == "https":
             upstream_tls[route.name] = UpstreamTLS(route.upstream)
-    return Checked(settings, context, policies, upstream_tls)
+    return Checked(settings, context, policies, upstream_tls, tuple(built.values()))
+
+
+def _policy(route: config.RouteSettings, settings: config.GatewaySettings,
+            types: Mapping[str, Any], built: dict[str, IAuthorizer]) -> Policy:
+    authorizers = build_authorizers(route.authorizers, types, settings.authorizer_sections,
+                                    settings.authorizer_timeout, built)
+    policy = Policy(route.policy, authorizers, timeout=settings.authorizer_timeout)
+    if authorizers and policy.all_shadow:
+        section = route.authorizers[0]
+        raise section.location.at("shadow", section.options.get("shadow")).error(
+            f"every authorizer of route {route.name!r} is a shadow rule: nothing would decide "
+            "(list an enforcing authorizer too)")
+    return policy
 
 
 def sweep_interval(settings: config.GatewaySettings) -> float:
@@ -117,9 +134,21 @@ def load_generation(path: str | Path, reactor: Any, sweep: Sweep | None = None) 
         upstreams.append(upstream)
         by_listener[route.listener].append(Route(
             route.name, route.prefix, route.host, route.strip_prefix,
-            attrs.evolve(checked.policies[route.name], clock=reactor), route.headers, upstream))
-    tables = {name: RouteTable(routes) for name, routes in by_listener.items()}
-    return Generation(settings, checked.context, tables, tuple(upstreams), sweep)
+            attrs.evolve(checked.policies[route.name], clock=reactor), route.headers, upstream,
+            route.normalize_path, route.deny_status))
+    tables = {listener.name: RouteTable(by_listener[listener.name], listener.escaped_slashes)
+              for listener in settings.listeners}
+    return Generation(settings, checked.context, tables, tuple(upstreams), sweep,
+                      checked.authorizers)
+
+
+def close_authorizers(authorizers: Iterable[IAuthorizer]) -> None:
+    """Let the *authorizers* that hold resources (the ``http`` type's connection pool) release
+    them: ``close()`` where one has it; called when a reload replaces them and at shutdown."""
+    for authorizer in authorizers:
+        close = getattr(authorizer, "close", None)
+        if callable(close):
+            close()
 
 
 class _AcceptPendingPort:
@@ -325,6 +354,7 @@ class GatewayService(MultiService):
                 timer.cancel()
         for upstream in self.generation.upstreams:
             await upstream.close()
+        close_authorizers(self.generation.authorizers)
         self.sweep.stop()
 
     def _abort_all(self) -> None:
@@ -355,6 +385,7 @@ class GatewayService(MultiService):
                                                   "listeners changed; restart to apply"))
             for upstream in new.upstreams:
                 upstream.close()
+            close_authorizers(new.authorizers)
             return False
         if new.settings.limits != old.settings.limits or (
                 new.settings.tls and old.settings.tls
@@ -372,6 +403,7 @@ class GatewayService(MultiService):
             factory.routes = new.tables[name]
         for upstream in old.upstreams:
             upstream.close()
+        close_authorizers(old.authorizers)
         log.info("reloaded configuration from {path}", path=str(new.settings.path),
                  mtlsgw_record=reload_record("ok", str(new.settings.path), None))
         return True

@@ -468,7 +468,7 @@ SHA256 = "ab" * 32
 
 BAD_AUTHORIZERS = [
     pytest.param({"type": "nope"}, "type", "nope",
-                 "unknown authorizer type (available: any, cn, fingerprint, ",  # + plugins
+                 "unknown authorizer type (available: any, cn, ",  # + the other types, plugins
                  id="unknown-type"),
     pytest.param({"type": "fingerprint", "sha256": "ab" * 20}, "sha256", "ab" * 20,
                  "SHA-1 fingerprint", id="sha1-fingerprint"),

@@ -138,3 +138,21 @@ def test_example_values_are_the_defaults(tmp_path: Path, pki: DevPKI) -> None:
             default.strip_prefix)
     assert attrs.evolve(example.tls, location=None) == attrs.evolve(defaults.tls, location=None)
 
+
+
+def test_commented_file_and_http_examples_are_valid(tmp_path: Path, pki: DevPKI) -> None:
+    path = local_copy(tmp_path, pki)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for section in (";[authorizer:listed]", ";[authorizer:central]"):
+        start = lines.index(section)
+        lines[start] = lines[start][1:]
+        end = start + 1
+        while end < len(lines) and re.match(r";[a-z_]+ = ", lines[end]):
+            lines[end] = lines[end][1:]
+            end += 1
+    (path.parent / "allow.txt").write_text("# nobody yet\n", encoding="utf-8")
+    text = set_value("\n".join(lines), "authorize", "authorizers", "team, listed, central")
+    path.write_text(text, encoding="utf-8")
+    result = check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert "(policy any: team, listed, central)" in result.stdout

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 from zope.interface import Attribute, Interface
@@ -17,11 +17,15 @@ class Decision:
     ``reason`` is a machine-friendly id such as ``cn-not-allowed`` (lowercase letters, digits and
     ``-``); it appears in the 403 body and the access log, so it must not carry secrets.
     ``authorizer`` is the configured name of the authorizer that decided (filled in by the policy).
+    ``upstream_headers`` are ``(name, value)`` byte pairs an allowing decision adds to the upstream
+    request (the ``http`` type's ``allowed_upstream_headers``): they replace the client's headers
+    of the same names and can never set a header the gateway owns (identity, forwarding).
     """
 
     allowed: bool = attrs.field(validator=attrs.validators.instance_of(bool))
     reason: str = attrs.field(validator=attrs.validators.instance_of(str))
     authorizer: str = ""
+    upstream_headers: tuple[tuple[bytes, bytes], ...] = ()
 
     @classmethod
     def allow(cls, reason: str = "allowed") -> Decision:
@@ -38,9 +42,12 @@ class Decision:
 class RequestInfo:
     """What an authorizer may know of the request, besides the identity.
 
-    ``method`` and ``path`` are as the client sent them (``path`` without the query string);
+    ``method`` is as the client sent it; ``path`` is the request path without the query string,
+    normalised as for routing (RFC 3986 §6.2.2, :mod:`gateway.pathnorm`: ``/a/../b`` is ``/b``);
     ``host`` is the ``Host`` header or ``None``; ``server_name`` the TLS SNI or ``None``;
-    ``client_address`` the peer IP as text.
+    ``client_address`` the peer IP as text; ``headers`` the request's ``(name, value)`` byte
+    pairs as received (the gateway's own identity headers not yet added, the client's not yet
+    removed: never trust an identity header found here).
     """
 
     method: str
@@ -48,6 +55,7 @@ class RequestInfo:
     host: str | None
     server_name: str | None
     client_address: str
+    headers: Sequence[tuple[bytes, bytes]] = attrs.field(default=(), eq=False)
 
 
 class IAuthorizer(Interface):

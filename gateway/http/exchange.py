@@ -28,13 +28,16 @@ from twisted.logger import Logger
 
 from gateway.authz.interfaces import Decision, RequestInfo
 from gateway.authz.policy import Policy
+from gateway.authz.remote_http import with_decision_headers
 from gateway.config import HeaderSettings
 from gateway.formats import RFC9440
 from gateway.headers import upstream_request_headers, vary_for_client_cert, without_hop_by_hop
 from gateway.http.pool import Upstream, UpstreamRequest
+from gateway.http.problem import PROBLEM_JSON, problem_body, wants_problem_json
 from gateway.http.stream import ClientStream, Header, RequestHead
 from gateway.jsonlog import connection_members, request_record
 from gateway.logfmt import clean
+from gateway.pathnorm import normalize_target
 from gateway.requestid import REQUEST_ID, new_request_id, trusted_request_id
 from gateway.routes import upstream_target
 from gateway.target import check_request, host_name
@@ -42,6 +45,7 @@ from gateway.target import check_request, host_name
 access_log = Logger(namespace="mtlsgw.access")
 
 _REFUSAL_HEADERS = [(b"Content-Type", b"text/plain; charset=utf-8")]
+_PROBLEM_HEADERS = [(b"Content-Type", PROBLEM_JSON)]
 # Control characters other than HTAB (RFC 9110 §5.5): HTTP/1.1's parser refuses them in values;
 # HTTP/2 forbids only NUL, CR and LF (RFC 9113 §8.2.1), so they are refused here.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -66,6 +70,8 @@ class Route:
     policy: Policy
     headers: HeaderSettings
     upstream: Upstream
+    normalize_path: bool = True  # False: forward the target as sent (routed on the normalised)
+    deny_status: int = 403  # 404: a denial is answered exactly as a no-route 404
 
 
 class Exchange:
@@ -83,6 +89,7 @@ class Exchange:
         self.listener = connection.listener
         self.started = time.monotonic()
         self.route: Route | None = None
+        self.target = head.target  # normalised (gateway/pathnorm.py) once routed
         self.decision: Decision | None = None
         self.local_reason: str | None = None  # why the gateway answered by itself
         self.status: int | None = None  # sent to the client
@@ -118,12 +125,19 @@ class Exchange:
             self.respond_locally(405, "connect-not-supported")
             return
         host = hosts[0] if hosts else None
-        path = head.target.split(b"?", 1)[0].decode("latin-1")
-        self.route = self.listener.routes.match(host_name(host) if host else None, path)
+        table = self.listener.routes
+        target = normalize_target(head.target, table.escaped_slashes)
+        if target is None:
+            self.respond_locally(400, "escaped-slash-in-path")
+            return
+        self.target = target
+        path = target.split(b"?", 1)[0].decode("latin-1")
+        self.route = table.match(host_name(host) if host else None, path)
         if self.route is None:
             self.respond_locally(404, "no-route")
             return
-        if self._too_large(head.content_length):
+        # A route hidden behind deny_status = 404 answers 413 only once authorized.
+        if self.route.deny_status != 404 and self._too_large(head.content_length):
             return
         info = RequestInfo(
             method=head.method.decode("latin-1"),
@@ -131,6 +145,7 @@ class Exchange:
             host=host.decode("latin-1") if host is not None else None,
             server_name=self.connection.server_name,
             client_address=self.connection.peer_host,
+            headers=head.headers,
         )
         decision = self.route.policy.decide_now(self.connection.identity, info)
         if isinstance(decision, Deferred):
@@ -195,15 +210,17 @@ class Exchange:
         self.decision = decision
         if self.finished:
             return
+        route = self.route
+        assert route is not None
         if not decision.allowed:
-            self.respond_locally(403, decision.reason)
+            self._deny(decision, route)
             return
         head = self.head
+        if route.deny_status == 404 and self._too_large(head.content_length):
+            return
         if head.expect_continue and not self.body_complete:
             # RFC 9110 §10.1.1: only now, allowed, may the client send its body.
             self.stream.send_informational(100, [])
-        route = self.route
-        assert route is not None
         upstream = route.upstream
         connection = self.connection
         hosts = [v for n, v in head.headers if n.lower() == b"host"]
@@ -215,9 +232,12 @@ class Exchange:
             upstream_host=upstream_host if upstream_host != client_host else None,
             intermediates=(connection.peer_chain if route.headers.formats != _NGINX_ONLY
                            else ()))
+        if decision.upstream_headers:  # from an authorization service (type http)
+            headers = with_decision_headers(headers, decision.upstream_headers, route.headers)
         headers.append((REQUEST_ID, self.request_id.encode("ascii")))
-        target = upstream.base_path + upstream_target(head.target, route.prefix,
-                                                      route.strip_prefix)
+        target = upstream.base_path + upstream_target(
+            self.target if route.normalize_path else head.target, route.prefix,
+            route.strip_prefix)
         if head.upgrade and head.version == b"HTTP/1.1":
             from gateway.http.websocket import is_websocket_upgrade, relay
 
@@ -325,10 +345,26 @@ class Exchange:
 
     # -- endings --------------------------------------------------------------------------------
 
-    def respond_locally(self, code: int, reason: str) -> None:
+    def _deny(self, decision: Decision, route: Route) -> None:
+        """Answer a denial: 403 naming the reason id (RFC 9457 problem+json when the client
+        asks for JSON), or, for a ``deny_status = 404`` route, exactly the no-route 404."""
+        if route.deny_status == 404:
+            self.decision = Decision(False, "no-route", decision.authorizer)
+            self.respond_locally(404, "no-route")
+            return
+        accept = [v for n, v in self.head.headers if n.lower() == b"accept"]
+        if accept and wants_problem_json(accept):
+            body = problem_body(403, decision.reason, getattr(self, "request_id", None))
+            self.respond_locally(403, decision.reason, body, _PROBLEM_HEADERS)
+            return
+        self.respond_locally(403, decision.reason)
+
+    def respond_locally(self, code: int, reason: str, body: bytes | None = None,
+                        headers: list[Header] | None = None) -> None:
         """Answer the client from the gateway itself: status *code*, a short text body naming
-        *reason*. If the request body is still arriving, or the request was malformed (400), the
-        connection closes after this (HTTP/2: only the stream ends)."""
+        *reason* (or *body* with *headers*). If the request body is still arriving, or the
+        request was malformed (400), the connection closes after this (HTTP/2: only the stream
+        ends)."""
         if self.finished:
             return
         self.local_reason = reason
@@ -336,12 +372,14 @@ class Exchange:
             self.upstream.cancel()
         from gateway.http.server import refusal
 
-        body = refusal(code, reason)
+        if body is None:
+            body = refusal(code, reason)
         if not self.body_complete or code == 400:
             self.stream.close_after_response()
         self.status = code
         bodied = self.head.method != b"HEAD"
-        self.stream.send_head(code, [*_REFUSAL_HEADERS, (REQUEST_ID, self.request_id.encode())],
+        self.stream.send_head(code, [*(headers or _REFUSAL_HEADERS),
+                                     (REQUEST_ID, self.request_id.encode("ascii"))],
                               len(body), bodied)
         self.stream.send_data(body)
         self.sent_bytes += len(body) if bodied else 0

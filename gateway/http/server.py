@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -254,13 +254,17 @@ class ServerProtocol(Protocol):
         if connection.get_peer_certificate() is not None:
             # Read by the verify callback, which fails the handshake when it cannot be read.
             self.identity = handshake_state(connection).identity
-            if self.identity is None or not connection.get_verified_chain():
+            chain = connection.get_verified_chain()
+            if self.identity is None or not chain:
                 # A certificate OpenSSL did not verify: cannot happen; fail closed.
                 self.identity = None
                 log.warn("closing connection peer={peer}: certificate not verified",
                          peer=peer_address(self.transport))
                 self.transport.abortConnection()
                 return
+            # The issuing CA as verified (issuer_sha256 matchers): the leaf's parent in the chain.
+            self.identity = self.identity.with_issuer(
+                crypto.dump_certificate(crypto.FILETYPE_ASN1, chain[min(1, len(chain) - 1)]))
         if getattr(self.transport, "negotiatedProtocol", None) == b"h2":
             from gateway.http.h2 import H2Session
 

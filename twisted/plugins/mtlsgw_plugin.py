@@ -10,7 +10,9 @@ from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
 
+from gateway.authz.allowlist import file_type
 from gateway.authz.builtin import any_type, cn_type, fingerprint_type, san_type
+from gateway.authz.remote import http_type
 
 
 class Options(usage.Options):
@@ -72,3 +74,5 @@ cn = cn_type
 san = san_type
 fingerprint = fingerprint_type
 any_certificate = any_type
+allowlist_file = file_type
+remote_http = http_type

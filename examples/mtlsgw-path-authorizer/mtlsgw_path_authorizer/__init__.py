@@ -15,10 +15,11 @@ Configured as ``type = path`` in an ``[authorizer:NAME]`` section (the type obje
   no certificate (possible under ``client_auth = optional``) is allowed on these paths too; with
   ``yes`` it is denied with reason ``no-certificate``.
 
-Paths are compared as the client sent them (case-sensitive, not percent-decoded). A path holding a
-``.`` or ``..`` segment, also percent-encoded (``%2e%2e``), behind a backslash or an encoded
-slash (``%2f``), or with ``;`` parameters (``..;``), is denied: the gateway forwards the path
-unchanged, and an upstream that normalises ``/health/../admin`` to ``/admin`` must not be reached
+Paths are compared as the gateway hands them over (``RequestInfo.path``: normalised, RFC 3986
+§6.2.2; case-sensitive; an encoded slash stays encoded). A path still holding a ``.`` or ``..``
+segment, also percent-encoded (``%2e%2e``), behind a backslash or an encoded slash (``%2f``), or
+with ``;`` parameters (``..;``), is denied: an upstream that resolves ``/health/..%2fadmin`` (or,
+on a route with ``normalize_path = no``, ``/health/../admin``) to ``/admin`` must not be reached
 through a ``/health`` rule.
 
 Reasons: ``path-allowed``, ``path-not-allowed``, ``no-certificate``.

@@ -1,0 +1,46 @@
+"""Turning what an authorizer returned (or raised) into a checked, named Decision: fail closed."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import attrs
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.authz.interfaces import Decision
+
+log = Logger(namespace="gateway.authz.policy")
+_REASON = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def checked(name: str, result: object) -> Decision:
+    """*result* as the :class:`Decision` of authorizer *name*: something that is not a Decision
+    is a denial ``authorizer-error``; a reason that is not a reason id (lowercase letters,
+    digits, ``.``, ``_``, ``-``; at most 64) becomes ``invalid-reason-id``."""
+    if not isinstance(result, Decision):
+        log.error("authorizer {name} returned {result!r}, not a Decision", name=name,
+                  result=result)
+        return Decision(False, "authorizer-error", name)
+    if not _REASON.fullmatch(result.reason):
+        # Reason ids go into the 403 body and the access line: keep them plain tokens.
+        log.error("authorizer {name} gave reason {reason!r}, not a reason id", name=name,
+                  reason=result.reason)
+        return Decision(result.allowed, "invalid-reason-id", name)
+    try:
+        return _named(name, result)
+    except TypeError:  # an unhashable Decision subclass from a plugin
+        return attrs.evolve(result, authorizer=name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _named(name: str, result: Decision) -> Decision:
+    # Cached: authorizers give the same few decisions over and over (Decision is frozen).
+    return attrs.evolve(result, authorizer=name)
+
+
+def failed(name: str, failure: Failure) -> Decision:
+    """The denial ``authorizer-error`` of authorizer *name*, which raised or failed (logged)."""
+    log.failure("authorizer {name} failed; denying", failure, name=name)
+    return Decision(False, "authorizer-error", name)
