@@ -16,7 +16,8 @@ are written together; every other event goes to twistd's usual observer at once.
 :func:`observer_for` builds it for twistd's options the way twistd itself picks the log file
 (``--logfile``, ``-`` or none for standard output under ``--nodaemon``, ``twistd.log`` for a
 daemon, ``SIGUSR1`` rotating it); with ``--syslog`` or ``--logger`` it returns ``None`` and
-twistd's own choice stands.
+twistd's own choice stands. With ``[log] format = json`` the same file gets JSON lines instead
+(:mod:`gateway.jsonlog`).
 """
 
 from __future__ import annotations
@@ -101,9 +102,13 @@ def offer_observer(application: Any, observer: BufferedLogObserver | None, react
         reactor.addSystemEventTrigger("after", "shutdown", observer.flush)
 
 
-def observer_for(twistd_options: Any) -> BufferedLogObserver | None:
+def observer_for(twistd_options: Any, log_format: str = "text") -> BufferedLogObserver | None:
     """The observer for twistd's parsed options (``twistd_options["logfile"]``, ``nodaemon``,
-    ``syslog``, ``logger``), or ``None`` where twistd's own choice must stand."""
+    ``syslog``, ``logger``), or ``None`` where twistd's own choice must stand; *log_format*
+    ``json`` (``[log] format``) makes it a :class:`~gateway.jsonlog.JSONLogObserver`."""
+    from gateway.jsonlog import JSONLogObserver
+
+    kind = JSONLogObserver if log_format == "json" else BufferedLogObserver
     if twistd_options is None or twistd_options.get("syslog") or twistd_options.get("logger"):
         return None
     name = twistd_options.get("logfile")
@@ -111,7 +116,7 @@ def observer_for(twistd_options: Any) -> BufferedLogObserver | None:
     if name == "-" and not nodaemon:
         return None  # twistd refuses this itself: "Daemons cannot log to stdout"
     if name == "-" or (nodaemon and not name):
-        return BufferedLogObserver(sys.stdout)
+        return kind(sys.stdout)
     log_file = LogFile.fromFullPath(name or "twistd.log")
     if not signal.getsignal(signal.SIGUSR1):
 
@@ -121,4 +126,4 @@ def observer_for(twistd_options: Any) -> BufferedLogObserver | None:
             reactor.callFromThread(log_file.rotate)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGUSR1, rotate)
-    return BufferedLogObserver(log_file)  # LogFile is file-like: write, flush
+    return kind(log_file)  # LogFile is file-like: write, flush

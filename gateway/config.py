@@ -164,12 +164,23 @@ class ListenerSettings:
     # (gateway/pathnorm.py). Not compared (eq=False): a reload may change it (the route tables
     # carry it), where other listener changes need a restart.
     escaped_slashes: str = attrs.field(default="keep", eq=False)
+    # ``trust_request_id = yes``: a well-formed client ``X-Request-Id`` is kept as the id.
+    trust_request_id: bool = False
 
     @property
     def socket_listen(self) -> str:
         """The description of the endpoint that owns the socket: ``listen`` without
         ``haproxy:``."""
         return self.inner if self.proxy_protocol else self.listen
+
+
+@attrs.frozen
+class LogSettings:
+    """``[log]``: ``format`` of every log line (``text``, twistd's, or ``json``, one object per
+    line, docs/log-schema.json); ``query``: the request record's ``target`` keeps the query."""
+
+    format: str = "text"  # "text" | "json"
+    query: bool = False
 
 
 @attrs.frozen
@@ -222,6 +233,7 @@ class GatewaySettings:
     # ``watch_files``: seconds between two checks of the files named here (0: not watched);
     # see :mod:`gateway.watch`.
     watch_interval: float = 0.0
+    log: LogSettings = LogSettings()  # ``[log]``
 
     @property
     def supervised(self) -> bool:
@@ -251,7 +263,7 @@ _UPSTREAM_KEYS = {
     "ready_check_window",
 }
 _LISTENER_KEYS = {"listen", "tls", "allow_non_loopback", "reuse_port", "trusted_proxies",
-                  "trusted_proxy_sha256", "escaped_slashes"}
+                  "trusted_proxy_sha256", "escaped_slashes", "trust_request_id"}
 _ROUTE_KEYS = _UPSTREAM_KEYS | {
     "listener", "prefix", "host", "strip_prefix", "policy", "authorizers", "header_prefix",
     "forward_certificate", "formats", "xfcc_mode", "xfcc_details", "normalize_path",
@@ -285,12 +297,14 @@ _TLS_KEYS = {
 _AUTHORIZE_KEYS = {"policy", "authorizers", "timeout"}
 _HEADERS_KEYS = {"prefix", "forward_certificate", "formats", "xfcc_mode", "xfcc_details"}
 _STATUS_KEYS = {"listen", "allow_non_loopback"}
+_LOG_KEYS = {"format", "query"}
 _FIXED_SECTIONS = {
     "gateway": _GATEWAY_KEYS,
     "tls": _TLS_KEYS,
     "authorize": _AUTHORIZE_KEYS,
     "headers": _HEADERS_KEYS,
     "status": _STATUS_KEYS,
+    "log": _LOG_KEYS,
 }
 _PATTERN_SECTIONS = ("authorizer", "route", "listener")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
@@ -470,7 +484,8 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
                             _trusted_proxies(section, proxy_protocol, kind),
                             _trusted_proxy_sha256(section, tls),
                             section.choice("escaped_slashes", "keep",
-                                           ("keep", "reject", "unescape")))
+                                           ("keep", "reject", "unescape")),
+                            trust_request_id=section.boolean("trust_request_id", False))
 
 
 def _trusted_proxies(
@@ -902,7 +917,7 @@ def load(path: str | Path) -> GatewaySettings:
             continue
         raise ConfigError(
             f"{path}: [{name}]: unknown section (known: [gateway], [tls], [authorize], "
-            "[headers], [status], [authorizer:NAME], [route:NAME], [listener:NAME])")
+            "[headers], [status], [log], [authorizer:NAME], [route:NAME], [listener:NAME])")
     sections = {}
     for name, known in _FIXED_SECTIONS.items():
         values = dict(parser.items(name)) if parser.has_section(name) else {}
@@ -977,6 +992,8 @@ def load(path: str | Path) -> GatewaySettings:
         status=_status(sections["status"]) if parser.has_section("status") else None,
         authorizer_sections=defined,
         watch_interval=_watch_interval(gateway),
+        log=LogSettings(sections["log"].choice("format", "text", ("text", "json")),
+                        sections["log"].boolean("query", False)),
     )
 
 

@@ -6,10 +6,10 @@ Two rules make the identity headers trustworthy for the upstream (docs/headers.m
 
 * **Ownership.** Every client header whose name, lower-cased and with ``_`` and ``.`` read as
   ``-``, starts with the configured prefix (``x-client-``), and every ``X-Forwarded-For``,
-  ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and ``Forwarded`` header, and every name a format
-  of :mod:`gateway.formats` writes (whether the route enables it or not), is removed before the
-  gateway adds its own. WSGI/CGI servers map ``X-Client-CN``, ``X_Client_CN`` and ``x.client.cn``
-  to the same variable, so all spellings are removed.
+  ``X-Forwarded-Proto``, ``X-Forwarded-Host``, ``Forwarded`` and ``X-Request-Id`` header, and
+  every name a format of :mod:`gateway.formats` writes (whether the route enables it or not), is
+  removed before the gateway adds its own. WSGI/CGI servers map ``X-Client-CN``,
+  ``X_Client_CN`` and ``x.client.cn`` to the same variable, so all spellings are removed.
 * **Escaping.** Every value written is single-line printable ASCII. Certificate strings (CN and
   SAN values) are UTF-8 encoded and every byte outside ``0x20``–``0x7E``, every ``%``, every
   ``,`` (the list separator) and a leading or trailing space is written as ``%XX`` (uppercase hex,
@@ -54,6 +54,7 @@ HOP_BY_HOP = frozenset({
     b"expect",
 })
 FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+REQUEST_ID = b"x-request-id"  # written by the gateway (gateway/requestid.py)
 
 VERIFY = "Verify"
 SUBJECT = "Subject"
@@ -113,7 +114,7 @@ def is_owned(name: bytes, settings: HeaderSettings) -> bool:
     """True if the gateway owns header *name* (any case; ``_``/``.`` spellings included)."""
     normalized = normalize_name(name)
     return (normalized.startswith(_prefix(settings)) or normalized in FORWARDED
-            or normalized in FORMAT_HEADERS)
+            or normalized in FORMAT_HEADERS or normalized == REQUEST_ID)
 
 
 def _prefix(settings: HeaderSettings) -> bytes:

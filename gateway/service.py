@@ -38,6 +38,7 @@ from gateway.authz.registry import available_types, build_authorizers
 from gateway.http.exchange import Route
 from gateway.http.pool import Upstream
 from gateway.http.server import Listener, Sweep
+from gateway.jsonlog import reload_record
 from gateway.notify import SystemdNotifier
 from gateway.proxied import proxy_protocol_endpoint
 from gateway.reuseport import ReusePortEndpoint
@@ -237,6 +238,8 @@ class GatewayService(MultiService):
         for listener in settings.listeners:
             factory = Listener(listener.name, generation.tables[listener.name], settings.limits,
                                handshake_timeout, listener.tls, reactor, self.sweep)
+            factory.log_settings = settings.log
+            factory.trust_request_id = listener.trust_request_id
             self.factories[listener.name] = factory
             endpoint = listener_endpoint(
                 reactor, listener, inherited[listener.name] if inherited is not None else None)
@@ -387,13 +390,16 @@ class GatewayService(MultiService):
             new = load_generation(old.settings.path, self._reactor, self.sweep)
         except config.ConfigError as exc:
             log.error("reload refused, keeping the running configuration: {error}",
-                      error=str(exc))
+                      error=str(exc), mtlsgw_record=reload_record(
+                          "refused", str(old.settings.path), str(exc)))
             if self.operations is not None:
                 self.operations.reloaded(None, str(exc))
             return False
         if new.settings.listeners != old.settings.listeners:
             # Routes are authorized by their listener's kind (TLS or plain): never mix the two.
-            log.error("reload refused: listeners changed (listen, tls); restart to apply")
+            log.error("reload refused: listeners changed (listen, tls); restart to apply",
+                      mtlsgw_record=reload_record("refused", str(old.settings.path),
+                                                  "listeners changed; restart to apply"))
             for upstream in new.upstreams:
                 upstream.close()
             close_authorizers(new.authorizers)
@@ -407,6 +413,8 @@ class GatewayService(MultiService):
                 new.settings.tls and old.settings.tls
                 and new.settings.tls.handshake_timeout != old.settings.tls.handshake_timeout):
             log.warn("reload: limits or handshake_timeout changed; that takes effect on restart")
+        if new.settings.log != old.settings.log:
+            log.warn("reload: [log] changed; that takes effect on restart")
         if not self._worker and (new.settings.workers, new.settings.workers_auto) != (
                 old.settings.workers, old.settings.workers_auto):  # a supervisor says it once
             log.warn("reload: workers changed; that takes effect on restart")
@@ -418,7 +426,8 @@ class GatewayService(MultiService):
         for upstream in old.upstreams:
             upstream.close()
         close_authorizers(old.authorizers)
-        log.info("reloaded configuration from {path}", path=str(new.settings.path))
+        log.info("reloaded configuration from {path}", path=str(new.settings.path),
+                 mtlsgw_record=reload_record("ok", str(new.settings.path), None))
         if self.operations is not None:
             self.operations.reloaded(new.settings, None)
         return True

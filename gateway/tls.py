@@ -58,6 +58,7 @@ class VerifyError:
     depth: int
     code: int  # OpenSSL X509_V_ERR_* code, or -1 for the gateway's own checks
     reason: str  # X509_verify_cert_error_string, or the gateway's own text
+    certificate: bytes | None = None  # DER of the certificate that failed, for the audit log
 
 
 @attrs.define
@@ -68,10 +69,16 @@ class HandshakeState:
     # The verified leaf's identity, read by the verify callback at depth 0.
     identity: ClientIdentity | None = None
 
-    def record(self, depth: int, code: int, reason: str) -> None:
-        """Keep the first failure only: later ones are usually consequences of it."""
+    def record(self, depth: int, code: int, reason: str,
+               certificate: crypto.X509 | None = None) -> None:
+        """Keep the first failure only (and the DER of *certificate*, the one that failed):
+        later ones are usually consequences of it."""
         if self.first_error is None:
-            self.first_error = VerifyError(depth, code, reason)
+            der = None
+            if certificate is not None:
+                with contextlib.suppress(Exception):  # never raise out of the callback
+                    der = crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate)
+            self.first_error = VerifyError(depth, code, reason, der)
 
 
 def verify_error_string(code: int) -> str:
@@ -195,7 +202,7 @@ def verify_callback(
     except TypeError:
         return False  # not our connection: cannot record, fail closed
     if not ok:
-        state.record(depth, code, verify_error_string(code))
+        state.record(depth, code, verify_error_string(code), certificate)
         return False
     if depth != 0:
         return True
@@ -207,7 +214,7 @@ def verify_callback(
     except Exception as exc:  # any failure to read it is a verification failure
         problem = names_unreadable(exc)
     if problem is not None:
-        state.record(depth, _GATEWAY_REJECTED, problem)
+        state.record(depth, _GATEWAY_REJECTED, problem, certificate)
         return False
     return True
 

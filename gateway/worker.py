@@ -31,13 +31,15 @@ from twisted.logger import ILogObserver, LogEvent, eventAsJSON
 from zope.interface import implementer
 
 MAX_BUFFERED = 512  # log lines held before they are written anyway
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 
 @implementer(ILogObserver)
 class PipeLogObserver:
     """A worker's log, for its supervisor (:func:`gateway.workers.worker_event` reads it): one
     line per event on *out* (binary). An access line (namespace ``mtlsgw.access``, format
-    ``{access}``) is written as ``A <time> <level> <line>``, cheaply; any other event as Twisted's
+    ``{access}``) is written as ``A <time> <level> <line>``, cheaply (with a JSON log record:
+    ``R <JSON [time, level, line, record, connection members]>``); any other event as Twisted's
     JSON (``eventAsJSON``). Lines are buffered until the end of the reactor iteration that
     produced them (one write for many requests), as :mod:`gateway.accesslog` does; once *clock*
     is set. Until then, and when :data:`MAX_BUFFERED` lines wait, they are written at once."""
@@ -54,7 +56,13 @@ class PipeLogObserver:
         level = event.get("log_level")
         if (event.get("log_namespace") == "mtlsgw.access" and event.get("log_format") == "{access}"
                 and isinstance(access, str) and level is not None):
-            line = f"A {event.get('log_time', 0.0)!r} {level.name} {access.replace(chr(10), ' ')}"
+            record = event.get("mtlsgw_record")
+            when = event.get("log_time", 0.0)
+            if record is not None:  # [log] format = json: the record too (ASCII, one line)
+                line = "R " + _encode([when, level.name, access, record,
+                                       event.get("mtlsgw_connection")])
+            else:
+                line = f"A {when!r} {level.name} {access.replace(chr(10), ' ')}"
         else:
             line = eventAsJSON(event)
         self._lines.append(line + "\n")

@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 from gateway import config
 from gateway.accesslog import BufferedLogObserver, offer_observer
 from gateway.activation import check_passed_sockets, passed_sockets
+from gateway.jsonlog import reload_record
 from gateway.notify import NOTIFY_VARIABLES, SystemdNotifier
 from gateway.watch import FileWatcher, watched_files
 
@@ -161,9 +162,20 @@ def worker_event(number: int, line: bytes, stderr: bool, now: float) -> dict[str
     ``mtlsgw.access``, format ``{access}``) with ``worker=N`` put before the line. Any other event
     is Twisted's JSON: it keeps its namespace, level, time and fields, and its text becomes
     ``worker=N <text>``. Anything else (stderr, a stray print) is a line of namespace
-    ``mtlsgw.worker``, at level error for stderr.
+    ``mtlsgw.worker``, at level error for stderr. A request with its JSON log record,
+    ``R <JSON [time, level, line, record, connection members]>``, becomes that access event with
+    the record (``mtlsgw_record``, ``mtlsgw_connection``) and ``mtlsgw_worker``.
     """
     text = line.decode("utf-8", "replace").rstrip("\r")
+    if not stderr and text.startswith("R "):
+        with suppress(ValueError, TypeError, InvalidLogLevelError):  # else: a plain line
+            when, level, access, record, members = json.loads(text[2:])
+            if isinstance(record, dict):
+                return {"log_namespace": "mtlsgw.access", "log_format": "{access}",
+                        "access": f"worker={number} {access}", "mtlsgw_record": record,
+                        "mtlsgw_connection": members if isinstance(members, str) else None,
+                        "mtlsgw_worker": number, "log_level": LogLevel.levelWithName(level),
+                        "log_time": float(when)}
     if not stderr and text.startswith("A "):
         with suppress(ValueError, InvalidLogLevelError):  # else: relayed as a plain line
             _, when, level, access = text.split(" ", 3)
@@ -456,12 +468,15 @@ class Supervisor(Service):
             new = validate(self.settings.path).settings
         except config.ConfigError as exc:
             log.error("reload refused, keeping the running configuration: {error}",
-                      error=str(exc))
+                      error=str(exc), mtlsgw_record=reload_record(
+                          "refused", str(self.settings.path), str(exc)))
             if self.operations is not None:
                 self.operations.reloaded(None, str(exc))
             return False
         if new.listeners != self.settings.listeners:
-            log.error("reload refused: listeners changed (listen, tls); restart to apply")
+            log.error("reload refused: listeners changed (listen, tls); restart to apply",
+                      mtlsgw_record=reload_record("refused", str(self.settings.path),
+                                                  "listeners changed; restart to apply"))
             if self.operations is not None:
                 self.operations.reloaded(None, "listeners changed (listen, tls); restart to "
                                                "apply")

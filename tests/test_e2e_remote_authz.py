@@ -134,9 +134,10 @@ def _get(gateway, pki, path: str = "/app", headers=None, who=None):  # type: ign
 
 
 def test_allows_on_2xx_and_sends_the_request_and_identity(remote, service, pki, upstream):
-    gateway = remote(forward_headers="Authorization, X-Request-Id")
+    # (X-Request-Id, the example before request ids, is now a header the gateway owns.)
+    gateway = remote(forward_headers="Authorization, Traceparent")
     status, _, _ = _get(gateway, pki, "/app/x?q=1", headers=[
-        ("Authorization", "Bearer t"), ("X-Request-Id", "r1"), ("X-Other", "no"),
+        ("Authorization", "Bearer t"), ("Traceparent", "r1"), ("X-Other", "no"),
         ("X-Client-CN", "mallory")])
     assert status == 200
     (check,) = service.requests
@@ -149,7 +150,7 @@ def test_allows_on_2xx_and_sends_the_request_and_identity(remote, service, pki, 
     assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["host"] == service.url.split("/")[2]
     assert seen["authorization"] == "Bearer t"
-    assert seen["x-request-id"] == "r1"
+    assert seen["traceparent"] == "r1"
     assert "x-other" not in seen
     assert [v for k, v in check["headers"] if k.lower() == "x-client-cn"] == ["alice"]
     assert seen["x-client-verify"] == "SUCCESS"

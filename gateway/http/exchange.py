@@ -35,8 +35,10 @@ from gateway.headers import upstream_request_headers, vary_for_client_cert, with
 from gateway.http.pool import Upstream, UpstreamRequest
 from gateway.http.problem import PROBLEM_JSON, problem_body, wants_problem_json
 from gateway.http.stream import ClientStream, Header, RequestHead
+from gateway.jsonlog import connection_members, request_record
 from gateway.logfmt import clean
 from gateway.pathnorm import normalize_target
+from gateway.requestid import REQUEST_ID, new_request_id, trusted_request_id
 from gateway.routes import upstream_target
 from gateway.target import check_request, host_name
 
@@ -98,6 +100,9 @@ class Exchange:
         self.sent_bytes = 0  # response body bytes sent to the client
         self.upstream_sent = 0.0  # monotonic time the request went to the upstream connection
         self.upstream_headed = 0.0  # ... and its response head arrived; 0.0: none
+        # X-Request-Id (gateway/requestid.py): the client's only where the listener trusts it.
+        self.request_id = ((self.listener.trust_request_id and trusted_request_id(head.headers))
+                           or new_request_id())
         self.upstream: UpstreamRequest | None = None
         self._held: list[bytes] = []  # body bytes before the upstream request exists
         self._paused = False
@@ -231,6 +236,7 @@ class Exchange:
                            else ()))
         if decision.upstream_headers:  # from an authorization service (type http)
             headers = with_decision_headers(headers, decision.upstream_headers, route.headers)
+        headers.append((REQUEST_ID, self.request_id.encode("ascii")))
         target = upstream.base_path + upstream_target(
             self.target if route.normalize_path else head.target, route.prefix,
             route.strip_prefix)
@@ -375,10 +381,12 @@ class Exchange:
         if not self.body_complete or code == 400:
             self.stream.close_after_response()
         self.status = code
-        self.stream.send_head(code, headers or _REFUSAL_HEADERS, len(body),
-                              self.head.method != b"HEAD")
+        bodied = self.head.method != b"HEAD"
+        self.stream.send_head(code, [*(headers or _REFUSAL_HEADERS),
+                                     (REQUEST_ID, self.request_id.encode("ascii"))],
+                              len(body), bodied)
         self.stream.send_data(body)
-        self.sent_bytes += len(body) if self.head.method != b"HEAD" else 0
+        self.sent_bytes += len(body) if bodied else 0
         self._finish()
 
     def _abort_client(self, why: str) -> None:
@@ -420,6 +428,7 @@ class Exchange:
             reason, authorizer = clean(decision.reason), clean(decision.authorizer or "-")
         subject = _clean_subject(identity.subject) if identity else "-"
         head = self.head
+        duration = (time.monotonic() - self.started) * 1000
         line = (
             f'request peer={self.connection.peer_host} method="{clean(head.method)}" '
             f'path="{clean(head.target)}" subject="{subject}" '
@@ -428,9 +437,14 @@ class Exchange:
             f"reason={reason} authorizer={authorizer} "
             f"status={'-' if code is None else code} "
             f"upstream_status={self.upstream_status} "
-            f"duration_ms={(time.monotonic() - self.started) * 1000:.1f}"
+            f"duration_ms={duration:.1f} request_id={self.request_id}"
         )
-        access_log.info("{access}", access=line)
+        if self.listener.log_settings.format == "json":
+            access_log.info("{access}", access=line, mtlsgw_record=request_record(
+                self, duration, self.listener.log_settings.query),
+                mtlsgw_connection=connection_members(self.connection))
+        else:
+            access_log.info("{access}", access=line)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -19,6 +19,7 @@ first) or a new one, and reports to its sink (the :class:`~gateway.http.exchange
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from twisted.internet import error as neterror
@@ -176,6 +177,10 @@ class UpstreamRequest:
         self._got_head = False
         self._paused = False
         self._body_paused = False
+        # time.monotonic() seconds: created, attached to a connection (request written), head in.
+        self.created_at = time.monotonic()
+        self.attached_at: float | None = None
+        self.head_at: float | None = None
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -198,6 +203,7 @@ class UpstreamRequest:
 
     def attach(self, connection: UpstreamConnection) -> None:
         self.connection = connection
+        self.attached_at = time.monotonic()
         held = b"".join(self._held)
         self._sent_bytes = len(held)
         if not self._retryable or self._held_bytes > RETRY_BODY_LIMIT:
@@ -293,6 +299,7 @@ class UpstreamRequest:
     # -- response, from the connection ---------------------------------------------------------
 
     def response_head(self, status: int, headers: list[Header], length: int | None) -> None:
+        self.head_at = time.monotonic()
         self._got_head = True
         self._held, self._held_bytes = [], 0
         self.sink.upstream_head(status, headers, length)

@@ -30,13 +30,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import Limits
+from gateway.config import Limits, LogSettings
 from gateway.handshake_failure import failure_reason
 from gateway.http import h1
 from gateway.http.exchange import Exchange
 from gateway.http.stream import Header, RequestHead
 from gateway.identity import ClientIdentity
+from gateway.jsonlog import handshake_record
 from gateway.logfmt import clean, peer_address
+from gateway.requestid import REQUEST_ID, new_request_id
 from gateway.tls import handshake_state
 
 log = Logger(namespace="mtlsgw.tls")
@@ -95,6 +97,8 @@ class Listener(Factory):
 
     noisy = False
     metrics: Any = None  # a gateway.metrics.ListenerMetrics, with [status]
+    log_settings = LogSettings()  # [log], set by the service (as started: restart to change)
+    trust_request_id = False  # the listener's trust_request_id
 
     def __init__(self, name: str, routes: Any, limits: Limits, handshake_timeout: float,
                  tls: bool, reactor: Any, sweep: Sweep) -> None:
@@ -157,6 +161,7 @@ class ServerProtocol(Protocol):
     """
 
     transport: Any
+    log_parts: Any = None  # the JSON log's per-connection parts (gateway/jsonlog.py)
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -235,7 +240,8 @@ class ServerProtocol(Protocol):
         self._expire()
 
     def _handshake_too_slow(self) -> None:
-        log.info("tls handshake timed out peer={peer}", peer=peer_address(self.transport))
+        log.info("tls handshake timed out peer={peer}", peer=peer_address(self.transport),
+                 mtlsgw_record=self._handshake_record(None, "handshake timed out"))
         self._handshake_done = True  # logged here; not again as a failure in connectionLost
         if self.listener.metrics is not None:
             self.listener.metrics.handshake_failed("handshake-timeout")
@@ -348,6 +354,7 @@ class ServerProtocol(Protocol):
             verify=clean(error.reason) if error else "-",
             depth=error.depth if error else "-",
             reason=clean(_ssl_reason(reason)),
+            mtlsgw_record=self._handshake_record(error, _ssl_reason(reason)),
         )
         ssl_error = reason.check(SSL.Error) is not None
         # A connection closed without a TLS error before a ClientHello arrived (a TCP health
@@ -357,6 +364,12 @@ class ServerProtocol(Protocol):
             self.listener.metrics.handshake_failed(failure_reason(
                 error.code if error else None, error.reason if error else None,
                 _ssl_reason(reason), ssl_error))
+
+    def _handshake_record(self, error: Any, reason: str) -> dict[str, Any] | None:
+        """The JSON log's ``handshake-refused`` record, built only for ``[log] format = json``."""
+        if self.listener.log_settings.format != "json":
+            return None
+        return handshake_record(self.listener.name, self.transport, error, reason)
 
     def close(self) -> None:
         """Close after what has been written (TLS close_notify); drop the connection
@@ -532,12 +545,15 @@ class ServerProtocol(Protocol):
     def _refuse(self, status: int, reason: str) -> None:
         """Answer a request refused while its head was read, log it, and close."""
         body = refusal(status, reason)
+        request_id = new_request_id()
         self.transport.write(h1.response_head(b"HTTP/1.1", status, [
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Content-Length", b"%d" % len(body)),
+            (REQUEST_ID, request_id.encode("ascii")),
             (b"Connection", b"close")]) + body)
-        log.info("request rejected peer={peer} status={status} reason={reason}",
-                 peer=peer_address(self.transport), status=status, reason=reason)
+        log.info("request rejected peer={peer} status={status} reason={reason} "
+                 "request_id={request_id}", peer=peer_address(self.transport), status=status,
+                 reason=reason, request_id=request_id)
         self._closing = True
         self.close()
 

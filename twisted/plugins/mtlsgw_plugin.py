@@ -60,7 +60,9 @@ class _ServiceMaker:
         except ConfigError as exc:  # e.g. a systemd: listener started without its socket
             sys.stderr.write(f"mtlsgw: {exc}\n")
             raise SystemExit(1) from None
-        service.log_observer = observer_for(getattr(options, "parent", None))
+        settings = getattr(service, "settings", None) or service.generation.settings
+        service.log_observer = observer_for(getattr(options, "parent", None),
+                                            settings.log.format)
         return service
 
 
