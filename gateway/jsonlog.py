@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from twisted.logger import LogEvent, eventAsText
@@ -33,7 +34,18 @@ from twisted.logger import LogEvent, eventAsText
 from gateway.accesslog import BufferedLogObserver
 from gateway.identity import ClientIdentity
 
-_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+
+def _c_encode(value: Any) -> str:
+    return "".join(_c_encoder(value, 0))  # type: ignore[misc]
+
+
+# The standard library's C encoder with the settings of _ENCODER, made once instead of on each
+# JSONEncoder.encode call (which builds it anew for every record: half of the encoding time).
+_c_encoder = (c_make_encoder(None, _ENCODER.default, encode_basestring_ascii, None, ":", ",",
+                             False, False, False) if c_make_encoder is not None else None)
+_encode = _c_encode if _c_encoder is not None else _ENCODER.encode
 _stamp_second = -1
 _stamp_prefix = ""
 

@@ -157,8 +157,11 @@ def test_allows_on_2xx_and_sends_the_request_and_identity(remote, service, pki, 
     assert seen["x-client-subject"] == "CN=alice,C=DE,O=Example\\, Inc."
     assert len(seen["x-client-fingerprint-sha256"]) == 64
     assert "x-client-cert" not in seen
-    assert "decision=allow reason=remote-allowed authorizer=remote" in gateway.wait_log(
-        "reason=remote-allowed")
+    line = gateway.wait_log("reason=remote-allowed")
+    assert "decision=allow reason=remote-allowed authorizer=remote" in line
+    # the request's own id, as the access line (and the upstream) have it
+    assert f"request_id={seen['x-request-id']}\n" in line
+    assert len(seen["x-request-id"]) == 32
 
 
 @pytest.mark.parametrize(("status", "headers", "reason"), [

@@ -47,7 +47,9 @@ class RequestInfo:
     ``host`` is the ``Host`` header or ``None``; ``server_name`` the TLS SNI or ``None``;
     ``client_address`` the peer IP as text; ``headers`` the request's ``(name, value)`` byte
     pairs as received (the gateway's own identity headers not yet added, the client's not yet
-    removed: never trust an identity header found here).
+    removed: never trust an identity header found here); ``request_id`` the request's
+    ``X-Request-Id`` (32 hex digits, or the client's own on a ``trust_request_id`` listener), for
+    correlating logs, or ``None`` where there is no request (``mtlsgw inspect``).
     """
 
     method: str
@@ -56,6 +58,7 @@ class RequestInfo:
     server_name: str | None
     client_address: str
     headers: Sequence[tuple[bytes, bytes]] = attrs.field(default=(), eq=False)
+    request_id: str | None = attrs.field(default=None, eq=False)
 
 
 class IAuthorizer(Interface):

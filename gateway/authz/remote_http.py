@@ -8,6 +8,8 @@ the usual nginx ``auth_request`` setups send it, with the original request descr
 * ``X-Forwarded-Method``, ``X-Forwarded-Uri`` (the path, without the query),
   ``X-Forwarded-Host`` (the client's ``Host``, when it sent one), ``X-Forwarded-Proto``
   (``https``) and ``X-Forwarded-For`` (the client's address) — Traefik's names;
+* ``X-Request-Id``, the request's id (docs/configuration.md), so the service's log lines can be
+  matched with the gateway's; a cached answer is reused across ids;
 * the identity headers the ``nginx`` format writes (``X-Client-Verify``, ``X-Client-Subject``,
   ``X-Client-Fingerprint-SHA256``, …; ``X-Client-Cert`` with ``forward_certificate``), exactly as
   an upstream gets them;
@@ -72,6 +74,8 @@ def check_headers(identity: ClientIdentity | None, request: RequestInfo,
         headers.append((b"X-Forwarded-Host", request.host.encode("latin-1")))
     headers.append((b"X-Forwarded-Proto", b"https"))
     headers.append((b"X-Forwarded-For", request.client_address.encode("ascii")))
+    if request.request_id is not None:  # for the service's logs; not part of the cache key
+        headers.append((b"X-Request-Id", request.request_id.encode("ascii")))
     for _, value in headers:
         if not _VALUE.fullmatch(value):
             raise ValueError("a control or non-ASCII byte in the request line or Host")

@@ -148,6 +148,7 @@ class Exchange:
             server_name=self.connection.server_name,
             client_address=self.connection.peer_host,
             headers=head.headers,
+            request_id=self.request_id,
         )
         decision = self.route.policy.decide_now(self.connection.identity, info)
         if isinstance(decision, Deferred):
