@@ -280,8 +280,9 @@ def _inspect_request(checked: Any, identity: ClientIdentity, leaf: bytes,
             [(b"Host", host)] if host is not None else [],
             identity if listener.tls else None, route.headers, request.client_address,
             host, tls=listener.tls, intermediates=tuple(chain))
-        if decision.upstream_headers:
-            headers = with_decision_headers(headers, decision.upstream_headers, route.headers)
+        if decision.upstream_headers or decision.upstream_replaced:
+            headers = with_decision_headers(headers, decision.upstream_headers, route.headers,
+                                            decision.upstream_replaced)
         print("  headers the gateway adds upstream (the client's own kept, its identity "
               "headers removed):", file=out)
         _print_headers(out, [h for h in headers if h[0].lower() != b"host"])

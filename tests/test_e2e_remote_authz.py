@@ -296,6 +296,21 @@ def test_allowed_upstream_headers_reach_the_upstream_and_replace_the_clients(
     assert headers_of(seen, "X-Id-CN") == ["alice"]
 
 
+def test_a_clients_copy_of_an_allowed_upstream_header_never_passes(remote, service, pki,
+                                                                     upstream):
+    # The service allows without sending X-User-Team: the application must not see the
+    # client's forged copies (in any spelling) as if the service had set them.
+    gateway = remote(allowed_upstream_headers="X-User-Team")
+    service.answer(lambda record: (200, []))
+    status, _, _ = _get(gateway, pki, headers=[("X-User-Team", "forged"),
+                                               ("x.user.team", "forged2"), ("X-Other", "kept")])
+    assert status == 200
+    seen = upstream.last()
+    assert headers_of(seen, "X-User-Team") == []
+    assert headers_of(seen, "x.user.team") == []
+    assert headers_of(seen, "X-Other") == ["kept"]
+
+
 def test_allowed_upstream_header_with_a_control_character_fails_closed(
         remote, service, pki, upstream):
     gateway = remote(allowed_upstream_headers="X-User")

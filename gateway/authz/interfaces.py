@@ -20,12 +20,17 @@ class Decision:
     ``upstream_headers`` are ``(name, value)`` byte pairs an allowing decision adds to the upstream
     request (the ``http`` type's ``allowed_upstream_headers``): they replace the client's headers
     of the same names and can never set a header the gateway owns (identity, forwarding).
+    ``upstream_replaced`` names headers (any case, ``_``/``.`` spellings included) whose client
+    copies are removed from the upstream request even when ``upstream_headers`` has none of them:
+    the ``http`` type puts every ``allowed_upstream_headers`` name there, so an application that
+    trusts such a header never sees a copy the client forged.
     """
 
     allowed: bool = attrs.field(validator=attrs.validators.instance_of(bool))
     reason: str = attrs.field(validator=attrs.validators.instance_of(str))
     authorizer: str = ""
     upstream_headers: tuple[tuple[bytes, bytes], ...] = ()
+    upstream_replaced: frozenset[bytes] = frozenset()
 
     @classmethod
     def allow(cls, reason: str = "allowed") -> Decision:

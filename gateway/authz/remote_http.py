@@ -116,8 +116,9 @@ def interpret(status: int, headers: Sequence[Header], reason_header: bytes,
                     return (f"allowed upstream header {name.decode('latin-1')!r} carries a "
                             "control or non-ASCII byte")
                 added.append((name, value))
-        return Decision(True, ALLOWED.reason, upstream_headers=tuple(added)) if added \
-            else ALLOWED
+        # The client's own copies of every allowed name go, whether the service sent it or not.
+        return Decision(True, ALLOWED.reason, upstream_headers=tuple(added),
+                        upstream_replaced=frozenset(allowed_upstream))
     if status in (401, 403):
         for name, value in headers:
             if name.lower() == reason_header:
@@ -130,18 +131,23 @@ def interpret(status: int, headers: Sequence[Header], reason_header: bytes,
 
 
 def with_decision_headers(headers: list[Header], added: Sequence[Header],
-                          settings: HeaderSettings) -> list[Header]:
+                          settings: HeaderSettings,
+                          replaced: Collection[bytes] = ()) -> list[Header]:
     """*headers* (the upstream request's) with *added* (an allowing decision's
     ``upstream_headers``): each replaces the client's headers of its name (in every spelling,
     ``_`` or ``.`` for ``-``); one the gateway owns under *settings*, a hop-by-hop or framing
     header, a name that is not a token and a value that is not printable ASCII (a plugin's
     Decision is not checked by :func:`interpret`) are dropped, so an authorization service can
-    never overwrite an identity or forwarding header nor frame the upstream request."""
+    never overwrite an identity or forwarding header nor frame the upstream request. The client's
+    headers named in *replaced* (an allowing decision's ``upstream_replaced``) are removed too,
+    also when *added* has none of them."""
     usable = [(n, v) for n, v in added if _TOKEN.fullmatch(n) and _VALUE.fullmatch(v)
               and not is_owned(n, settings) and normalize_name(n) not in _NEVER_ADDED]
-    if not usable:
-        return headers
     names = {normalize_name(n) for n, _ in usable}
+    names.update(normalize_name(n) for n in replaced
+                 if not is_owned(n, settings) and normalize_name(n) not in _NEVER_ADDED)
+    if not names:
+        return headers
     kept = [(n, v) for n, v in headers if normalize_name(n) not in names]
     kept.extend(usable)
     return kept

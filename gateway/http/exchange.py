@@ -235,8 +235,9 @@ class Exchange:
             upstream_host=upstream_host if upstream_host != client_host else None,
             intermediates=(connection.peer_chain if route.headers.formats != _NGINX_ONLY
                            else ()))
-        if decision.upstream_headers:  # from an authorization service (type http)
-            headers = with_decision_headers(headers, decision.upstream_headers, route.headers)
+        if decision.upstream_headers or decision.upstream_replaced:  # an authorization service's
+            headers = with_decision_headers(headers, decision.upstream_headers, route.headers,
+                                            decision.upstream_replaced)
         headers.append((REQUEST_ID, self.request_id.encode("ascii")))
         target = upstream.base_path + upstream_target(
             self.target if route.normalize_path else head.target, route.prefix,
