@@ -377,6 +377,8 @@ class _Section:
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = base / path
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block
+            raise self.location.at(key, raw).error(f"not a regular file: {path}")
         try:
             with path.open("rb") as handle:
                 handle.read(1)
