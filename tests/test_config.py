@@ -508,3 +508,12 @@ def test_a_fifo_for_a_file_is_refused_without_blocking(tmp_path: Path) -> None:
     message = config_error(load, path)
     assert message.startswith(f"{path}: [tls] client_ca = 'fifo.pem': "), message
     assert "not a regular file" in message
+
+
+def test_a_fifo_for_the_config_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    """The INI file replaced by a FIFO (a watch_files reload, a SIGHUP) is refused at once."""
+    import os
+
+    path = tmp_path / "gw.ini"
+    os.mkfifo(path)
+    assert config_error(load, path) == f"{path}: config file is not a regular file"
