@@ -377,6 +377,8 @@ class _Section:
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = base / path
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block
+            raise self.location.at(key, raw).error(f"not a regular file: {path}")
         try:
             with path.open("rb") as handle:
                 handle.read(1)
@@ -404,6 +406,8 @@ def _read(path: Path) -> configparser.ConfigParser:
         strict=True,
     )
     parser.optionxform = str  # type: ignore[assignment,method-assign]
+    if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block
+        raise ConfigError(f"{path}: config file is not a regular file")
     try:
         with path.open(encoding="utf-8-sig") as handle:  # a BOM (Windows editors) is fine
             parser.read_file(handle, source=str(path))

@@ -174,10 +174,13 @@ class StatusProtocol(Protocol):
         try:
             self._parser.feed(data)
         except h1.RequestError as error:
+            if self._answered:  # bytes after the answered request: ignored, as later ones are
+                return
             self._answer(error.status, b"%d %s\n" % (error.status, h1.reason_phrase(error.status)))
         except Exception:  # a bug, never the client's doing
             log.failure("status request failed")
-            self._answer(500, b"500 Internal Server Error\n")
+            if not self._answered:
+                self._answer(500, b"500 Internal Server Error\n")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.factory.open.discard(self)

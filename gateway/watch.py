@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat as stat_module
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,8 @@ def _state(path: Path, previous: FileState | None) -> FileState:
     key = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
     if previous is not None and previous.key == key:
         return previous
+    if not stat_module.S_ISREG(stat.st_mode):  # a directory, a FIFO (opening it would block)
+        return FileState(None, None)
     try:
         with open(path, "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").digest()

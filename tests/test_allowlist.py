@@ -271,6 +271,23 @@ def test_vanished_file_keeps_the_list(tmp_path: Path, logged: list[str]) -> None
     assert decide(authorizer, ident(BOB), REQUEST).allowed
 
 
+def test_a_fifo_in_place_of_the_file_keeps_the_list_without_blocking(
+        tmp_path: Path, logged: list[str]) -> None:
+    """A FIFO put where the allowlist was is never opened (that would wait for a writer, in
+    the reactor, on a request): the list in force stays, the problem is logged once."""
+    path = tmp_path / "allow.txt"
+    write(path, f"sha256:{ident(ALICE).fingerprint_sha256}\n")
+    clock = Clock()
+    authorizer = FileAuthorizer(path, clock=clock)
+    path.unlink()
+    os.mkfifo(path)
+    for _ in range(2):
+        clock.now += 1.1
+        assert decide(authorizer, ident(ALICE), REQUEST).allowed
+    assert authorizer.status.errors == 1
+    assert len([line for line in logged if "not a regular file" in line]) == 1
+
+
 def test_empty_file_denies_everything(tmp_path: Path) -> None:
     path = tmp_path / "allow.txt"
     write(path, "# nobody\n")

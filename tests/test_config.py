@@ -496,3 +496,24 @@ def test_validate_bad_authorizer_section_is_a_one_line_error(
     message = config_error(validate, path)
     assert message.startswith(f"{path}: [authorizer:people] {key} = {value!r}: "), message
     assert problem in message
+
+
+def test_a_fifo_for_a_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO named as a certificate or CA file is refused at once (opening it would wait for a
+    writer, and a reload, a watch_files reload included, would hang the reactor)."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.pem")
+    path = write_config(tmp_path, changed({("tls", "client_ca"): "fifo.pem"}))
+    message = config_error(load, path)
+    assert message.startswith(f"{path}: [tls] client_ca = 'fifo.pem': "), message
+    assert "not a regular file" in message
+
+
+def test_a_fifo_for_the_config_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    """The INI file replaced by a FIFO (a watch_files reload, a SIGHUP) is refused at once."""
+    import os
+
+    path = tmp_path / "gw.ini"
+    os.mkfifo(path)
+    assert config_error(load, path) == f"{path}: config file is not a regular file"

@@ -256,3 +256,16 @@ def test_a_reload_that_raises_does_not_end_the_watching(tmp_path):
     clock.advance(1)
     assert calls == [b"2", b"3"]
     watcher.stop()
+
+
+def test_a_file_that_is_not_a_regular_file_is_not_read(tmp_path):
+    """A FIFO (or a device) put where a watched file was is never opened: opening a FIFO
+    without a writer would block the reactor. It counts as a file that cannot be read."""
+    path = tmp_path / "ca.pem"
+    path.write_bytes(b"one")
+    before = take([path], {})
+    path.unlink()
+    os.mkfifo(path)
+    after = take([path], before)  # returns at once instead of waiting for a writer
+    assert after[path] == FileState(None, None)
+    assert changed(before, after) == [path]

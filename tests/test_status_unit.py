@@ -405,3 +405,26 @@ def test_upstream_certificates_have_their_roles(tmp_path: Path) -> None:
          client.certificate.not_valid_after_utc.timestamp()),
         ("upstream-ca", "upstream-ca.pem", 0,
          upstream_ca.certificate.not_valid_after_utc.timestamp())]
+
+
+def _status_connection() -> tuple[object, object]:
+    from twisted.internet.testing import StringTransport
+
+    from gateway.status import StatusFactory
+
+    operations = SimpleNamespace(reactor=Clock(), pages={
+        b"/healthz": lambda: (200, b"text/plain", b"ok\n")})
+    protocol = StatusFactory(operations).buildProtocol(None)  # type: ignore[arg-type]
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_status_answers_once_whatever_follows_the_request() -> None:
+    """Bytes after the request (pipelined garbage) in the same segment get no second answer on
+    a connection already answered with Connection: close."""
+    protocol, transport = _status_connection()
+    protocol.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\x00\r\n\r\n")
+    written = transport.value()
+    assert written.count(b"HTTP/1.1 ") == 1
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n")

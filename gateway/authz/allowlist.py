@@ -324,6 +324,10 @@ class FileAuthorizer:
             return False
         if signature == self._signature:
             return False
+        if not self.path.is_file():  # a FIFO: reading it would block the reactor
+            self._signature = None
+            self._refuse("gone", "not a regular file")
+            return False
         try:
             data = self.path.read_bytes()
         except OSError as exc:
