@@ -171,6 +171,10 @@ def _add(kind: str, into: dict[tuple[str, ...], Any], values: tuple[str, ...], v
 # -- per listener and route ---------------------------------------------------------------------
 
 
+MAX_DENIAL_REASONS = 64  # distinct reason values per route; later ones count as OTHER_REASON
+OTHER_REASON = "other"
+
+
 class RouteMetrics:
     """The children of one route (``-``: requests that found none) on one listener."""
 
@@ -195,6 +199,13 @@ class RouteMetrics:
     def denial(self, reason: str) -> Count:
         child = self.denials.get(reason)
         if child is None:
+            if len(self.denials) >= MAX_DENIAL_REASONS:
+                # Reasons come from plugins and authorization services too: keep the label set
+                # bounded whatever they answer.
+                reason = OTHER_REASON
+                child = self.denials.get(reason)
+                if child is not None:
+                    return child
             child = self.denials[reason] = self._metrics.denials.labels_(self.route, reason)
         return child
 

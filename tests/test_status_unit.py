@@ -235,6 +235,19 @@ def test_request_counters() -> None:
     assert get("mtlsgw_request_duration_seconds_count", {"route": "api"}) == 5
 
 
+def test_denial_reasons_stay_bounded_whatever_authorizers_answer() -> None:
+    metrics = GatewayMetrics("single")
+    listener = metrics.listener("main")
+    for i in range(200):  # an authorization service inventing a reason per request
+        listener.request(_exchange("api", 403, Decision(False, f"reason-{i}", "remote"), "-"))
+    families = {f.name: f for f in metrics.registry.collect()}
+    samples = [s for s in families["mtlsgw_denials"].samples if s.name.endswith("_total")]
+    assert len(samples) == 65  # 64 distinct reasons and "other"
+    get = metrics.registry.get_sample_value
+    assert get("mtlsgw_denials_total", {"route": "api", "reason": "reason-0"}) == 1
+    assert get("mtlsgw_denials_total", {"route": "api", "reason": "other"}) == 136
+
+
 def test_handshake_counters() -> None:
     metrics = GatewayMetrics("single")
     listener = metrics.listener("main")
