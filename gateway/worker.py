@@ -53,6 +53,8 @@ class PipeLogObserver:
 
     def __call__(self, event: LogEvent) -> None:
         access = event.get("access")
+        if access is not None and not isinstance(access, str):  # a JSON-mode line, made lazily
+            access = str(access)
         level = event.get("log_level")
         if (event.get("log_namespace") == "mtlsgw.access" and event.get("log_format") == "{access}"
                 and isinstance(access, str) and level is not None):

@@ -413,15 +413,30 @@ class Exchange:
         metrics = self.listener.metrics  # gateway.metrics.ListenerMetrics, with [status]
         if metrics is not None:
             metrics.request(self)
-        # Formatted here in one f-string: per-field formatting of a 12-field event was the
-        # largest single cost of a small keep-alive request (docs/performance.md).
-        identity = self.connection.identity
         decision = self.decision
         code = self.status
         if (self.listener.limits.access_log == "problems" and decision is not None
                 and decision.allowed and code is not None and code < 400
                 and isinstance(self.upstream_status, int)):
             return  # access_log = problems: a request that went well is not logged
+        duration = (time.monotonic() - self.started) * 1000
+        if self.listener.log_settings.format == "json":
+            # The JSON observer writes the record; the text line is made only if another
+            # observer formats the event.
+            access_log.info("{access}", access=_AccessLine(self, duration),
+                            mtlsgw_record=request_record(self, duration,
+                                                         self.listener.log_settings.query),
+                            mtlsgw_connection=connection_members(self.connection))
+        else:
+            access_log.info("{access}", access=self.access_line(duration))
+
+    def access_line(self, duration: float) -> str:
+        """The text access line (docs/configuration.md "Log lines"); *duration* in ms."""
+        # Formatted here in one f-string: per-field formatting of a 12-field event was the
+        # largest single cost of a small keep-alive request (docs/performance.md).
+        identity = self.connection.identity
+        decision = self.decision
+        code = self.status
         if decision is None:  # refused before authorization (400, 404, 413, 421, …)
             verdict = authorizer = "-"
             reason = clean(self.local_reason or "-")
@@ -430,8 +445,7 @@ class Exchange:
             reason, authorizer = clean(decision.reason), clean(decision.authorizer or "-")
         subject = _clean_subject(identity.subject) if identity else "-"
         head = self.head
-        duration = (time.monotonic() - self.started) * 1000
-        line = (
+        return (
             f'request peer={self.connection.peer_host} method="{clean(head.method)}" '
             f'path="{clean(head.target)}" subject="{subject}" '
             f"fingerprint={identity.fingerprint_sha256 if identity else '-'} "
@@ -441,12 +455,23 @@ class Exchange:
             f"upstream_status={self.upstream_status} "
             f"duration_ms={duration:.1f} request_id={self.request_id}"
         )
-        if self.listener.log_settings.format == "json":
-            access_log.info("{access}", access=line, mtlsgw_record=request_record(
-                self, duration, self.listener.log_settings.query),
-                mtlsgw_connection=connection_members(self.connection))
-        else:
-            access_log.info("{access}", access=line)
+
+
+class _AccessLine:
+    """An exchange's text access line, made when first formatted (``str``/``format``)."""
+
+    __slots__ = ("_duration", "_exchange", "_text")
+
+    def __init__(self, exchange: Exchange, duration: float) -> None:
+        self._exchange, self._duration, self._text = exchange, duration, ""
+
+    def __str__(self) -> str:
+        if not self._text:
+            self._text = self._exchange.access_line(self._duration)
+        return self._text
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 @functools.lru_cache(maxsize=4096)
