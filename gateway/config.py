@@ -455,21 +455,8 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
     if kind == "ssl":
         raise loc.error("the gateway adds TLS itself ([tls]): give a plain endpoint (tcp:, unix:, "
                         "systemd:)")
-    # Parse now, without a reactor, so a typo fails at start with our one-line message.
-    from twisted.internet.endpoints import _parseServer
-
-    try:
-        _kind, args, kwargs = _parseServer(inner, None)
-    except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
-        raise loc.error(f"not a Twisted server endpoint description ({exc!s})") from None
+    port, kwargs = _server_endpoint(loc, kind, inner)
     tls = section.boolean("tls", True)
-    if kind in ("tcp", "tcp6"):
-        try:
-            port = int(args[0])
-        except (ValueError, TypeError, IndexError):
-            raise loc.error("the port must be a number") from None
-        if not 0 <= port <= 65535:
-            raise loc.error("the port must be between 0 and 65535")
     exposed = not tls and not section.boolean("allow_non_loopback", False)
     if exposed and not _loopback_only(kind, kwargs):
         raise loc.error(
@@ -477,7 +464,7 @@ def _listener(section: _Section, name: str) -> ListenerSettings:
             " or a unix socket; set allow_non_loopback = yes to override")
     reuse_port = None
     if section.boolean("reuse_port", False):
-        if kind not in ("tcp", "tcp6"):
+        if port is None:  # not tcp: or tcp6:
             raise section.location.at("reuse_port", section.get("reuse_port")).error(
                 "needs a tcp:, tcp6:, haproxy:tcp: or haproxy:tcp6: listen description")
         default = "::" if kind == "tcp6" else "0.0.0.0"  # noqa: S104
@@ -560,24 +547,34 @@ def _status(section: _Section) -> StatusSettings:
     if kind in ("ssl", "haproxy"):
         raise loc.error("the status listener speaks plain HTTP: give a tcp:, tcp6:, unix: or "
                         "systemd: endpoint")
-    from twisted.internet.endpoints import _parseServer
-
-    try:
-        _kind, args, kwargs = _parseServer(raw, None)
-    except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
-        raise loc.error(f"not a Twisted server endpoint description ({exc!s})") from None
-    if kind in ("tcp", "tcp6"):
-        try:
-            port = int(args[0])
-        except (ValueError, TypeError, IndexError):
-            raise loc.error("the port must be a number") from None
-        if not 0 <= port <= 65535:
-            raise loc.error("the port must be between 0 and 65535")
+    _port, kwargs = _server_endpoint(loc, kind, raw)
     if not section.boolean("allow_non_loopback", False) and not _loopback_only(kind, kwargs):
         raise loc.error(
             "the status listener must listen on loopback (interface=127.0.0.1 or ::1) or a unix "
             "socket; set allow_non_loopback = yes to override")
     return StatusSettings(raw, section.location)
+
+
+def _server_endpoint(loc: Location, kind: str,
+                     description: str) -> tuple[int | None, Mapping[str, object]]:
+    """Parse a Twisted server endpoint *description* now, without a reactor, so a typo fails at
+    start with the one-line message at *loc*: ``(port, keyword arguments)``; the port (0–65535)
+    of a ``tcp:``/``tcp6:`` *kind*, else ``None``."""
+    from twisted.internet.endpoints import _parseServer
+
+    try:
+        _kind, args, kwargs = _parseServer(description, None)
+    except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
+        raise loc.error(f"not a Twisted server endpoint description ({exc!s})") from None
+    if kind not in ("tcp", "tcp6"):
+        return None, kwargs
+    try:
+        port = int(args[0])
+    except (ValueError, TypeError, IndexError):
+        raise loc.error("the port must be a number") from None
+    if not 0 <= port <= 65535:
+        raise loc.error("the port must be between 0 and 65535")
+    return port, kwargs
 
 
 def _loopback_only(kind: str, kwargs: Mapping[str, object]) -> bool:
