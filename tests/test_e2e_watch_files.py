@@ -114,6 +114,19 @@ def loaded(pki):
         load.finish()
 
 
+def renewed_and_served(gateway: Gateway, context: ssl.SSLContext, renewed: Issued,
+                       load: Load) -> None:
+    """Wait for the reload, then for *renewed* to be served and for requests after it; stop the
+    load and assert that no request failed."""
+    gateway.wait_log("reloaded configuration")
+    wait_for(lambda: served_certificate(gateway.port, context) == der(renewed),
+             "the renewed certificate to be served")
+    served = load.ok
+    wait_for(lambda: load.ok >= served + 3 or load.failures, "requests after the reload")
+    load.finish()
+    assert load.failures == []
+
+
 def start_watching(tmp_path: Path, pki, upstream, certificate: Path, key: Path) -> Gateway:
     sections = base_sections(pki, upstream.url)
     sections["gateway"].update({"watch_files": "yes", "watch_interval": INTERVAL})
@@ -145,13 +158,7 @@ def test_a_secret_volume_update_is_reloaded_under_load(tmp_path, pki, upstream, 
         (secret / "..data_tmp").symlink_to(second.name)
         os.replace(secret / "..data_tmp", secret / "..data")  # kubelet's atomic swap
 
-        gateway.wait_log("reloaded configuration")
-        wait_for(lambda: served_certificate(gateway.port, context) == der(renewed),
-                 "the renewed certificate to be served")
-        served = load.ok
-        wait_for(lambda: load.ok >= served + 3 or load.failures, "requests after the reload")
-        load.finish()
-        assert load.failures == []
+        renewed_and_served(gateway, context, renewed, load)
         log = gateway.log()
         assert log.count("reloaded configuration") == 1
         assert "reload refused" not in log
@@ -182,13 +189,7 @@ def test_a_certificate_written_before_its_key_reloads_once_complete(tmp_path, pk
         assert served_certificate(gateway.port, context) == der(pki.server.issued)
 
         write_atomically(key, renewed.key_pem())
-        gateway.wait_log("reloaded configuration")
-        wait_for(lambda: served_certificate(gateway.port, context) == der(renewed),
-                 "the renewed certificate to be served")
-        served = load.ok
-        wait_for(lambda: load.ok >= served + 3 or load.failures, "requests after the reload")
-        load.finish()
-        assert load.failures == []
+        renewed_and_served(gateway, context, renewed, load)
         log = gateway.log()
         assert log.count("reload refused") == 1
         assert log.count("reloaded configuration") == 1
