@@ -4,18 +4,21 @@ Every record has ``time`` (RFC 3339 UTC with milliseconds, ``2026-12-01T12:00:00
 ``event`` (its kind) and ``level``; the kinds and their fields are in ``docs/log-schema.json``
 (JSON Schema draft 2020-12) and docs/operations.md:
 
-* ``request`` — one per request, built by :func:`request_record` from the exchange (only in JSON
-  mode: the text access line stays the cheap f-string); the parts that are the same for every
-  request of a connection (client address, TLS parameters, identity) once per connection.
+* ``request`` — one per request, encoded by :func:`request_members` from the exchange (only in
+  JSON mode: the text access line stays the cheap f-string); the members that are the same for
+  many requests (client address, TLS parameters and identity of a connection; listener, route
+  and decision) encoded once.
 * ``handshake-refused`` — a TLS handshake that failed (:func:`handshake_record`).
 * ``reload`` — a configuration reload, its result and error (:func:`reload_record`).
 * ``log`` — every other event, Twisted's and twistd's own included: level, namespace, text.
 
-A log event carries its record in the field ``mtlsgw_record`` (a ``dict`` of JSON values;
-``time`` and ``level`` are filled in from the event by the observer), a request event also the
-encoded members of its connection in ``mtlsgw_connection``; :func:`json_line` turns any event
-into its line with Python's JSON encoder (``ensure_ascii``: no control character or non-ASCII
-character reaches the line unescaped), never by formatting values itself.
+A request event carries its encoded members in the field ``mtlsgw_request`` (a ``str``); any
+other event with a record of its own carries it in ``mtlsgw_record`` (a ``dict`` of JSON values;
+``time`` and ``level`` are filled in from the event by the observer). :func:`json_line` turns
+any event into its line. Values are never formatted by hand: strings are escaped by Python's
+JSON encoder (``ensure_ascii``: no control character or non-ASCII character reaches the line
+unescaped), numbers are written as numbers, and the rest is the constant structure of the
+record.
 Bytes the client sent (method, target) are decoded as ISO 8859-1, one character per byte, so
 ``target.encode("latin-1")`` gives the bytes back. :class:`JSONLogObserver` writes the lines as
 :class:`~gateway.accesslog.BufferedLogObserver` writes text: request records batched per reactor
@@ -24,6 +27,7 @@ iteration, everything else at once. No record holds a private key or body bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
@@ -46,30 +50,44 @@ def _c_encode(value: Any) -> str:
 _c_encoder = (c_make_encoder(None, _ENCODER.default, encode_basestring_ascii, None, ":", ",",
                              False, False, False) if c_make_encoder is not None else None)
 _encode = _c_encode if _c_encoder is not None else _ENCODER.encode
+_string = encode_basestring_ascii  # a str as a JSON string, escaped as the encoder escapes it
 _stamp_second = -1
 _stamp_prefix = ""
+_stamp_ms = -1
+_stamp = ""
 
 
 def rfc3339(when: float) -> str:
     """*when* (POSIX seconds) as RFC 3339 UTC with milliseconds: ``2026-12-01T12:00:00.123Z``."""
-    global _stamp_second, _stamp_prefix
-    second = int(when)
-    if second != _stamp_second:
-        _stamp_second = second
-        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_stamp_prefix}.{int((when - second) * 1000):03d}Z"
+    global _stamp_second, _stamp_prefix, _stamp_ms, _stamp
+    ms = int(when * 1000)
+    if ms != _stamp_ms:  # many records of a busy reactor iteration share their millisecond
+        second, milli = divmod(ms, 1000)
+        if second != _stamp_second:
+            _stamp_second = second
+            _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp_ms, _stamp = ms, f"{_stamp_prefix}.{milli:03d}Z"
+    return _stamp
 
 
 def json_line(event: LogEvent) -> str:
-    """The JSON line (with its ``\\n``) of one ``twisted.logger`` event: its ``mtlsgw_record``,
-    or a ``log`` record of its level, namespace and text (traceback included)."""
+    """The JSON line (with its ``\\n``) of one ``twisted.logger`` event: a request's record
+    from its encoded members (``mtlsgw_request``, :func:`request_members`), another record
+    (``mtlsgw_record``), or a ``log`` record of its level, namespace and text (traceback
+    included)."""
     when = event.get("log_time") or time.time()
     level = event.get("log_level")
-    record = event.get("mtlsgw_record")
+    level_name = level.name if level is not None else "info"
     worker = event.get("mtlsgw_worker")
+    members = event.get("mtlsgw_request")
+    if members.__class__ is str:
+        relayed = f',"worker":{int(worker)}' if worker is not None else ""
+        return (f'{{"time":"{rfc3339(when)}","event":"request","level":{_string(level_name)},'
+                f"{members}{relayed}}}\n")
+    record = event.get("mtlsgw_record")
     if isinstance(record, dict):
         record["time"] = rfc3339(when)
-        record["level"] = level.name if level is not None else "info"
+        record["level"] = level_name
     else:
         if worker is not None and "mtlsgw_text" in event:  # relayed: the worker's own text
             text = str(event["mtlsgw_text"])
@@ -79,16 +97,11 @@ def json_line(event: LogEvent) -> str:
         else:
             text = eventAsText(event, includeTraceback=True, includeTimestamp=False,
                                includeSystem=False)
-        record = {"time": rfc3339(when), "event": "log",
-                  "level": level.name if level is not None else "info",
+        record = {"time": rfc3339(when), "event": "log", "level": level_name,
                   "namespace": str(event.get("log_namespace") or "-"), "text": text}
     if worker is not None:
         record["worker"] = worker
-    line = _encode(record)
-    members = event.get("mtlsgw_connection")
-    if members:  # a request's connection members, encoded once per connection
-        return f"{line[:-1]},{members}}}\n"
-    return line + "\n"
+    return _encode(record) + "\n"
 
 
 def _traceback(failure: Any) -> str:
@@ -177,47 +190,66 @@ def connection_members(connection: Any) -> str:
     return members  # type: ignore[no-any-return]
 
 
-def _ms(start: float | None, end: float | None) -> float | None:
-    return None if start is None or end is None else round((end - start) * 1000, 3)
+def _ms(start: float | None, end: float | None) -> str:
+    return "null" if start is None or end is None else f"{(end - start) * 1000:.3f}"
 
 
-def request_record(exchange: Any, duration_ms: float, query: bool) -> dict[str, Any]:
-    """The ``request`` record of a finished :class:`~gateway.http.exchange.Exchange`, without
-    the members its connection gives (:func:`connection_members`); *query*: whether ``target``
-    keeps the query string."""
+def _scalar(value: int | str | None) -> str:
+    """A status as JSON: an integer, a string (a failure kind) or ``null``."""
+    if value is None:
+        return "null"
+    return _string(value) if isinstance(value, str) else str(int(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _route_members(listener: str, route: str | None) -> str:
+    return _encode({"listener": listener, "route": route})[1:-1]
+
+
+_cached_string = functools.lru_cache(maxsize=1024)(_string)  # for a route's upstream URL
+
+
+@functools.lru_cache(maxsize=1024)
+def _decision_members(decision: str | None, reason: str | None, authorizer: str | None) -> str:
+    return _encode({"decision": decision, "reason": reason, "authorizer": authorizer})[1:-1]
+
+
+def request_members(exchange: Any, duration_ms: float, query: bool) -> str:
+    """The members of a finished :class:`~gateway.http.exchange.Exchange`'s ``request`` record
+    after ``time``, ``event`` and ``level``, encoded (``"request_id":...,...,"identity":...``;
+    docs/log-schema.json); *duration_ms* in milliseconds, written with 3 decimals; *query*:
+    whether ``target`` keeps the query string.
+
+    Every string goes through the standard library encoder's own escaping
+    (``encode_basestring_ascii``) and every number is formatted as one; the members that are
+    the same for many requests (listener and route, decision, connection) are encoded once.
+    """
     head = exchange.head
     target = head.target if query else head.target.split(b"?", 1)[0]
     decision = exchange.decision
     route = exchange.route
-    upstream: dict[str, Any] | None = None
+    if decision is None:
+        decided = _decision_members(None, exchange.local_reason, None)
+    else:
+        decided = _decision_members("allow" if decision.allowed else "deny", decision.reason,
+                                    decision.authorizer)
+    upstream = "null"
     if route is not None and decision is not None and decision.allowed:
         status = exchange.upstream_status
         sent = exchange.upstream
-        upstream = {
-            "url": route.upstream.settings.url,
-            "status": None if status == "-" else status,
-            "connect_ms": _ms(sent.created_at, sent.attached_at) if sent else None,
-            "response_ms": _ms(sent.attached_at, sent.head_at) if sent else None,
-        }
-    return {
-        "time": None,
-        "event": "request",
-        "level": None,
-        "request_id": exchange.request_id,
-        "listener": exchange.listener.name,
-        "route": route.name if route is not None else None,
-        "decision": None if decision is None else ("allow" if decision.allowed else "deny"),
-        "reason": decision.reason if decision is not None else exchange.local_reason,
-        "authorizer": decision.authorizer if decision is not None else None,
-        "method": head.method.decode("latin-1"),
-        "target": target.decode("latin-1"),
-        "version": head.version.decode("latin-1"),
-        "status": exchange.status,
-        "upstream": upstream,
-        "bytes_in": exchange.received_bytes,
-        "bytes_out": exchange.sent_bytes,
-        "duration_ms": round(duration_ms, 3),
-    }
+        timed = (f'"connect_ms":{_ms(sent.created_at, sent.attached_at)},'
+                 f'"response_ms":{_ms(sent.attached_at, sent.head_at)}'
+                 if sent else '"connect_ms":null,"response_ms":null')
+        upstream = (f'{{"url":{_cached_string(route.upstream.settings.url)},'
+                    f'"status":{"null" if status == "-" else _scalar(status)},{timed}}}')
+    routed = _route_members(exchange.listener.name, route.name if route is not None else None)
+    return (f'"request_id":{_string(exchange.request_id)},{routed},{decided},'
+            f'"method":{_string(head.method.decode("latin-1"))},'
+            f'"target":{_string(target.decode("latin-1"))},'
+            f'"version":{_string(head.version.decode("latin-1"))},'
+            f'"status":{_scalar(exchange.status)},"upstream":{upstream},'
+            f'"bytes_in":{int(exchange.received_bytes)},"bytes_out":{int(exchange.sent_bytes)},'
+            f'"duration_ms":{max(duration_ms, 0.0):.3f},{connection_members(exchange.connection)}')
 
 
 def handshake_record(listener: str, transport: Any, error: Any, reason: str) -> dict[str, Any]:

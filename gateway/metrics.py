@@ -298,11 +298,14 @@ class TimedAuthorizer:
             self._seconds.observe(time.perf_counter() - started)
             self._errors.value += 1
             raise
-        if isinstance(result, Deferred):
-            return result.addBoth(self._done, started)
+        # A Decision first: isinstance against Deferred (an ABC, through Awaitable) costs more
+        # than the authorizer itself for most built-in ones.
+        if result.__class__ is not Decision:
+            if isinstance(result, Deferred):
+                return result.addBoth(self._done, started)
+            if not isinstance(result, Decision):
+                self._errors.value += 1
         self._seconds.observe(time.perf_counter() - started)
-        if not isinstance(result, Decision):
-            self._errors.value += 1
         return result
 
     def _done(self, result: Any, started: float) -> Any:

@@ -39,7 +39,7 @@ class PipeLogObserver:
     """A worker's log, for its supervisor (:func:`gateway.workers.worker_event` reads it): one
     line per event on *out* (binary). An access line (namespace ``mtlsgw.access``, format
     ``{access}``) is written as ``A <time> <level> <line>``, cheaply (with a JSON log record:
-    ``R <JSON [time, level, line, record, connection members]>``); any other event as Twisted's
+    ``R <JSON [time, level, line, record members]>``); any other event as Twisted's
     JSON (``eventAsJSON``). Lines are buffered until the end of the reactor iteration that
     produced them (one write for many requests), as :mod:`gateway.accesslog` does; once *clock*
     is set. Until then, and when :data:`MAX_BUFFERED` lines wait, they are written at once."""
@@ -58,11 +58,10 @@ class PipeLogObserver:
         level = event.get("log_level")
         if (event.get("log_namespace") == "mtlsgw.access" and event.get("log_format") == "{access}"
                 and isinstance(access, str) and level is not None):
-            record = event.get("mtlsgw_record")
+            members = event.get("mtlsgw_request")
             when = event.get("log_time", 0.0)
-            if record is not None:  # [log] format = json: the record too (ASCII, one line)
-                line = "R " + _encode([when, level.name, access, record,
-                                       event.get("mtlsgw_connection")])
+            if members is not None:  # [log] format = json: the record too (ASCII, one line)
+                line = "R " + _encode([when, level.name, access, members])
             else:
                 line = f"A {when!r} {level.name} {access.replace(chr(10), ' ')}"
         else:

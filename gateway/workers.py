@@ -163,17 +163,16 @@ def worker_event(number: int, line: bytes, stderr: bool, now: float) -> dict[str
     is Twisted's JSON: it keeps its namespace, level, time and fields, and its text becomes
     ``worker=N <text>``. Anything else (stderr, a stray print) is a line of namespace
     ``mtlsgw.worker``, at level error for stderr. A request with its JSON log record,
-    ``R <JSON [time, level, line, record, connection members]>``, becomes that access event with
-    the record (``mtlsgw_record``, ``mtlsgw_connection``) and ``mtlsgw_worker``.
+    ``R <JSON [time, level, line, record members]>``, becomes that access event with the
+    record's members (``mtlsgw_request``) and ``mtlsgw_worker``.
     """
     text = line.decode("utf-8", "replace").rstrip("\r")
     if not stderr and text.startswith("R "):
         with suppress(ValueError, TypeError, InvalidLogLevelError):  # else: a plain line
-            when, level, access, record, members = json.loads(text[2:])
-            if isinstance(record, dict):
+            when, level, access, members = json.loads(text[2:])
+            if isinstance(members, str):
                 return {"log_namespace": "mtlsgw.access", "log_format": "{access}",
-                        "access": f"worker={number} {access}", "mtlsgw_record": record,
-                        "mtlsgw_connection": members if isinstance(members, str) else None,
+                        "access": f"worker={number} {access}", "mtlsgw_request": members,
                         "mtlsgw_worker": number, "log_level": LogLevel.levelWithName(level),
                         "log_time": float(when)}
     if not stderr and text.startswith("A "):

@@ -7,6 +7,7 @@ import io
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -15,6 +16,7 @@ from test_config import config_error, minimal, write_config
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from gateway.authz.interfaces import Decision
 from gateway.config import HeaderSettings, load
 from gateway.headers import is_owned, upstream_request_headers
 from gateway.jsonlog import (
@@ -22,6 +24,7 @@ from gateway.jsonlog import (
     handshake_record,
     json_line,
     reload_record,
+    request_members,
     rfc3339,
 )
 from gateway.pki import make_ca, make_leaf
@@ -101,6 +104,93 @@ def test_request_lines_wait_for_the_flush_and_others_flush_them_first():
     assert kinds == ["one", "other"]  # the order of events is kept
 
 
+HOSTILE = "q\"b\\s\n\r\t\x00\x1b[31m\x7f\u00e9\u202e\ud800"  # quote, backslash, controls
+
+
+class _Peer:
+    host, port = "192.0.2.7", 50123
+
+
+class _Transport:
+    def getPeer(self):
+        return _Peer()
+
+
+def _exchange(**changes):
+    """A finished exchange as request_members reads it: the fields Exchange sets."""
+    route = SimpleNamespace(name=f"r{HOSTILE}",
+                            upstream=SimpleNamespace(settings=SimpleNamespace(
+                                url=f"http://127.0.0.1:1/{HOSTILE}")))
+    fields = dict(
+        head=SimpleNamespace(method=b"G\x00ET\xff", target=b'/a"b\\c\n\xe9?q=\x01&x=1',
+                             version=b"HTTP/1.1"),
+        decision=Decision(allowed=True, reason=f"ok{HOSTILE}", authorizer=f"a{HOSTILE}"),
+        route=route, listener=SimpleNamespace(name=f"l{HOSTILE}"), request_id="0" * 32,
+        local_reason=None, upstream_status=200, status=200, received_bytes=3, sent_bytes=7,
+        upstream=SimpleNamespace(created_at=10.0, attached_at=10.0015, head_at=10.25),
+        connection=SimpleNamespace(log_parts=None, transport=_Transport(), tls=False,
+                                   identity=None))
+    fields.update(changes)
+    return SimpleNamespace(**fields)
+
+
+def _record(exchange, duration_ms=12.3456, query=False):
+    line = json_line({"log_time": 1796126400.25, "log_level": LogLevel.info,
+                      "log_namespace": "mtlsgw.access", "log_format": "{access}",
+                      "mtlsgw_request": request_members(exchange, duration_ms, query)})
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert line.isascii() and not re.search(r"[\x00-\x1f\x7f]", line[:-1])
+    record = json.loads(line)
+    VALIDATOR.validate(record)
+    return record
+
+
+def test_a_request_record_escapes_every_value_and_keeps_every_byte():
+    record = _record(_exchange())
+    assert record == {
+        "time": "2026-12-01T12:00:00.250Z", "event": "request", "level": "info",
+        "request_id": "0" * 32, "listener": f"l{HOSTILE}", "route": f"r{HOSTILE}",
+        "decision": "allow", "reason": f"ok{HOSTILE}", "authorizer": f"a{HOSTILE}",
+        "method": "G\x00ET\xff", "target": '/a"b\\c\n\xe9', "version": "HTTP/1.1",
+        "status": 200,
+        "upstream": {"url": f"http://127.0.0.1:1/{HOSTILE}", "status": 200,
+                     "connect_ms": 1.5, "response_ms": 248.5},
+        "bytes_in": 3, "bytes_out": 7, "duration_ms": 12.346,
+        "client": {"address": "192.0.2.7", "port": 50123}, "tls": None, "identity": None}
+    # each byte the client sent is one ISO 8859-1 character: the bytes come back exactly
+    assert record["method"].encode("latin-1") == b"G\x00ET\xff"
+    assert _record(_exchange(), query=True)["target"] == '/a"b\\c\n\xe9?q=\x01&x=1'
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"decision": None, "route": None, "local_reason": "no-route", "status": 404,
+      "upstream_status": "-", "upstream": None},
+     {"decision": None, "reason": "no-route", "authorizer": None, "route": None,
+      "upstream": None, "status": 404}),
+    ({"decision": Decision(allowed=False, reason="not-listed", authorizer="x"),
+      "status": 403, "upstream_status": "-", "upstream": None},
+     {"decision": "deny", "reason": "not-listed", "upstream": None, "status": 403}),
+    ({"upstream_status": "upstream-unreachable", "status": 502,
+      "upstream": SimpleNamespace(created_at=1.0, attached_at=None, head_at=None)},
+     {"upstream": {"url": f"http://127.0.0.1:1/{HOSTILE}", "status": "upstream-unreachable",
+                   "connect_ms": None, "response_ms": None}, "status": 502}),
+    ({"upstream_status": "-", "status": None, "upstream": None},
+     {"upstream": {"url": f"http://127.0.0.1:1/{HOSTILE}", "status": None,
+                   "connect_ms": None, "response_ms": None}, "status": None}),
+])
+def test_a_request_record_says_null_for_what_did_not_happen(changes, expected):
+    record = _record(_exchange(**changes))
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_a_request_record_encodes_a_connections_members_once():
+    connection = _exchange().connection
+    first = _record(_exchange(connection=connection))
+    assert connection.log_parts is not None
+    connection.transport = None  # a second request of the connection does not read it again
+    assert _record(_exchange(connection=connection))["client"] == first["client"]
+
+
 def test_handshake_record_names_the_failing_certificate():
     ca = make_ca("Some CA")
     leaf = make_leaf(ca, "m\u00fcller")
@@ -131,18 +221,18 @@ def test_handshake_record_names_the_failing_certificate():
 def test_a_workers_request_record_crosses_the_pipe_intact():
     out = io.BytesIO()
     pipe = PipeLogObserver(out)
-    record = {"time": None, "event": "request", "level": None, "target": "/caf\u00e9\n"}
+    members = '"target":"/caf\\u00e9\\n","client":{"address":"192.0.2.1","port":1}'
     Logger(namespace="mtlsgw.access", observer=pipe).info(
-        "{access}", access='request path="/caf%C3%A9%0A"', mtlsgw_record=record,
-        mtlsgw_connection='"client":{"address":"192.0.2.1","port":1}')
+        "{access}", access='request path="/caf%C3%A9%0A"', mtlsgw_request=members)
     [line] = out.getvalue().splitlines()
     assert line.startswith(b"R ") and line.isascii()
     event = worker_event(2, line, stderr=False, now=0.0)
-    assert event["mtlsgw_record"] == record and event["mtlsgw_worker"] == 2
+    assert event["mtlsgw_request"] == members and event["mtlsgw_worker"] == 2
     assert event["access"] == 'worker=2 request path="/caf%C3%A9%0A"'
     relayed = json.loads(json_line(event))
     assert relayed["worker"] == 2 and relayed["target"] == "/caf\u00e9\n"
     assert relayed["client"] == {"address": "192.0.2.1", "port": 1}
+    assert relayed["event"] == "request" and relayed["level"] == "info"
 
 
 def test_a_workers_other_events_keep_their_record_and_text():

@@ -35,7 +35,7 @@ from gateway.headers import upstream_request_headers, vary_for_client_cert, with
 from gateway.http.pool import Upstream, UpstreamRequest
 from gateway.http.problem import PROBLEM_JSON, problem_body, wants_problem_json
 from gateway.http.stream import ClientStream, Header, RequestHead
-from gateway.jsonlog import connection_members, request_record
+from gateway.jsonlog import request_members
 from gateway.logfmt import clean
 from gateway.pathnorm import normalize_target
 from gateway.requestid import REQUEST_ID, new_request_id, trusted_request_id
@@ -424,9 +424,8 @@ class Exchange:
             # The JSON observer writes the record; the text line is made only if another
             # observer formats the event.
             access_log.info("{access}", access=_AccessLine(self, duration),
-                            mtlsgw_record=request_record(self, duration,
-                                                         self.listener.log_settings.query),
-                            mtlsgw_connection=connection_members(self.connection))
+                            mtlsgw_request=request_members(self, duration,
+                                                           self.listener.log_settings.query))
         else:
             access_log.info("{access}", access=self.access_line(duration))
 
