@@ -149,6 +149,20 @@ def test_repeated_identical_content_length_resets_the_stream_and_nothing_goes_up
     assert [r["path"] for r in upstream.requests] == ["/after-twice"]
 
 
+def test_connection_specific_fields_reset_their_stream_alone_and_nothing_goes_upstream(
+        gateway, pki, upstream):
+    # RFC 9113 §8.2.2 / §8.1.1: malformed, a stream error; the connection serves on
+    upstream.clear()
+    with client(gateway, pki) as c:
+        c.request(1, "/te-gzip", extra=[("te", "gzip")])
+        c.request(3, "/connection-close", extra=[("connection", "close")])
+        c.request(5, "/after")
+        c.until(lambda: all(c.ended(i) for i in (1, 3, 5)), "three streams")
+        assert (c.reset_code(1), c.reset_code(3)) == (ErrorCodes.PROTOCOL_ERROR,) * 2
+        assert c.status(5) == b"200" and not c.terminated()
+    assert [r["path"] for r in upstream.requests] == ["/after"]
+
+
 def test_an_early_403_on_one_stream_leaves_the_neighbouring_200_intact(gateway, pki, upstream):
     upstream.clear()
     with client(gateway, pki) as c:

@@ -276,6 +276,63 @@ def test_uppercase_header_name_is_a_protocol_error_as_h2_decides():
     assert len(peer.log) == 1
 
 
+def goaways(data: bytes) -> list[int]:
+    """The error codes of the GOAWAY frames in *data* (the session's raw writes)."""
+    codes = []
+    while len(data) >= 9:
+        header, length = hf.Frame.parse_frame_header(memoryview(data[:9]))
+        body, data = data[9:9 + length], data[9 + length:]
+        if isinstance(header, hf.GoAwayFrame):
+            header.parse_body(memoryview(body))
+            codes.append(header.error_code)
+    return codes
+
+
+def test_a_connection_error_h2_found_sends_one_goaway():
+    peer = Peer()
+    peer.request(1, extra=[("X-Upper", "1")])
+    peer.session.data_received(peer.client.data_to_send())
+    assert goaways(b"".join(peer.transport.writes)) == [ErrorCodes.PROTOCOL_ERROR]
+    assert peer.transport.lost
+
+
+@pytest.mark.parametrize("block", [b"\x80", b"\xff\xff\xff\xff\x0f", b"\x40\x85abc"],
+                         ids=["index-0", "index-out-of-range", "truncated-literal"])
+def test_a_header_block_hpack_cannot_decode_is_compression_error(block):
+    peer = Peer()
+    peer.session.data_received(frame(hf.HeadersFrame, 1, data=block,
+                                     flags={"END_HEADERS", "END_STREAM"}))
+    assert goaways(b"".join(peer.transport.writes)) == [ErrorCodes.COMPRESSION_ERROR]
+    assert peer.transport.lost
+    assert peer.exchanges == {}
+    assert [line for line in peer.log if "COMPRESSION_ERROR" in line]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("connection", "close"), ("keep-alive", "5"), ("proxy-connection", "keep-alive"),
+    ("transfer-encoding", "chunked"), ("upgrade", "h2c"), ("te", "gzip"),
+    ("te", "trailers, gzip")])
+def test_a_connection_specific_field_is_a_stream_error_and_the_connection_serves_on(name, value):
+    # RFC 9113 §8.2.2: malformed (§8.1.1), so a stream error; h2 alone would end the connection
+    peer = Peer(answer())
+    peer.request(1, extra=[(name, value)])
+    peer.request(3)
+    peer.pump()
+    assert peer.resets() == {1: ErrorCodes.PROTOCOL_ERROR}
+    assert 1 not in peer.exchanges
+    assert peer.status(3) == b"200"
+    assert peer.goaway() is None and not peer.transport.lost
+    assert sum("connection-specific" in line for line in peer.log) == 1
+
+
+def test_te_trailers_is_allowed_and_reaches_the_exchange():
+    peer = Peer()
+    peer.request(1, extra=[("te", "Trailers")])
+    peer.pump()
+    assert (b"te", b"Trailers") in peer.exchanges[1].head.headers
+    assert peer.resets() == {}
+
+
 def test_odd_header_names_h2_allows_reach_the_exchange():
     peer = Peer()
     peer.request(1, extra=[("x_y", "1"), ("x.y", "2")])

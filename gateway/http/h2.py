@@ -11,11 +11,14 @@ one exchange from ``exchange_factory``. The session owns what ``h2`` leaves to i
   windows, from a buffer per stream; above :data:`HIGH_WATER` bytes the stream's response
   producer is paused, at :data:`LOW_WATER` resumed. Request DATA is acknowledged only once the
   exchange took it, and not while the exchange paused the request body.
-- **Malformed requests** (§8.1.1): a repeated, non-numeric or oversized ``content-length``, or a
-  body of another length, is a stream error (``RST_STREAM(PROTOCOL_ERROR)``). ``h2`` would make
-  them connection errors, so its HPACK decoder is replaced by
-  :class:`~gateway.http.h2headers.FramingDecoder`, which
-  takes ``content-length`` out of the header list ``h2`` checks.
+- **Malformed requests** (§8.1.1): a repeated, non-numeric or oversized ``content-length``, a
+  body of another length, or a connection-specific field (§8.2.2: ``connection``,
+  ``keep-alive``, ``proxy-connection``, ``transfer-encoding``, ``upgrade``, ``te`` other than
+  ``trailers``) is a stream error (``RST_STREAM(PROTOCOL_ERROR)``). ``h2`` would make them
+  connection errors, so its HPACK decoder is replaced by
+  :class:`~gateway.http.h2headers.FramingDecoder`, which takes those fields out of the header
+  list ``h2`` checks. A header block HPACK cannot decode ends the connection with
+  ``GOAWAY(COMPRESSION_ERROR)`` (§4.3), one GOAWAY for any connection error.
 - **Abuse bounds** (:mod:`gateway.http.h2frames`) end the connection with GOAWAY.
 - **GOAWAY** (§6.8). ``h2`` refuses to send anything once a GOAWAY passed either way, so the
   session writes its draining GOAWAY itself and reads the client's GOAWAY itself: the streams
@@ -35,7 +38,7 @@ from typing import Any
 import h2.events
 import h2.exceptions
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 from hyperframe.exceptions import HyperframeError
@@ -44,7 +47,13 @@ from twisted.logger import Logger
 
 from gateway.config import Limits
 from gateway.http.h2frames import DATA, GOAWAY, FloodGuard, FrameError, FrameReader, RawFrame
-from gateway.http.h2headers import FramingDecoder, header_list_limit, request_head, response_headers
+from gateway.http.h2headers import (
+    MALFORMED_FIELDS,
+    FramingDecoder,
+    header_list_limit,
+    request_head,
+    response_headers,
+)
 from gateway.http.stream import ClientConnection, Header, RequestHead
 from gateway.logfmt import clean
 
@@ -211,7 +220,7 @@ class H2Session:
         except FrameError as e:
             self._connection_error(e.error_code, str(e))
         except (h2.exceptions.ProtocolError, HyperframeError) as e:
-            # h2 has already queued its GOAWAY for a ProtocolError; a second one is harmless.
+            # For a ProtocolError h2 has already queued its GOAWAY: _connection_error sends it.
             self._connection_error(getattr(e, "error_code", ErrorCodes.PROTOCOL_ERROR),
                                    f"{type(e).__name__}: {e}")
         except Exception:
@@ -333,6 +342,10 @@ class H2Session:
         if self._goaway or len(self._streams) >= MAX_STREAMS:
             self._guard.count("reset")
             self._conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        malformed = [n for n, _ in held if n in MALFORMED_FIELDS]
+        if malformed:
+            self._stream_error(stream_id, f"connection-specific field {malformed[0]!r}")
             return
         if len(lengths) > 1 or (lengths and not (lengths[0].isdigit()
                                                  and int(lengths[0]) <= MAX_CONTENT_LENGTH)):
@@ -522,7 +535,8 @@ class H2Session:
         if reason is not None:
             self.log.info("HTTP/2 connection from {peer}: {reason}: GOAWAY({code})",
                           peer=self.connection.peer_host, reason=clean(reason), code=code.name)
-        self._conn.close_connection(code)
+        if self._conn.state_machine.state is not ConnectionState.CLOSED:
+            self._conn.close_connection(code)  # else h2 has queued its GOAWAY already
         self._write(now=True)
         self._lose_transport()
         self.connection_lost()

@@ -7,7 +7,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
+from h2.utilities import CONNECTION_HEADERS
 from hpack import Decoder, HeaderTuple
+from hpack.exceptions import HPACKError, OversizedHeaderListError
 from twisted.logger import Logger
 
 from gateway.config import Limits
@@ -27,9 +31,23 @@ def header_list_limit(limits: Limits) -> int:
     return max(2 * limits.max_head_size, 65536)
 
 
+# Request fields that make a request malformed (RFC 9113 §8.2.2): a stream error, not h2's
+# connection error. ``te`` only with a value other than ``trailers``.
+MALFORMED_FIELDS = CONNECTION_HEADERS | {b"te"}
+
+
+class CompressionError(ProtocolError):
+    """A header block HPACK cannot decode: the connection error COMPRESSION_ERROR (RFC 9113
+    §4.3), where ``h2`` would say PROTOCOL_ERROR."""
+
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
 class FramingDecoder(Decoder):
     """An HPACK decoder that keeps ``content-length`` (and ``host`` next to ``:authority``)
-    away from ``h2``'s checks, which would make a malformed one a connection error.
+    and the fields of :data:`MALFORMED_FIELDS` away from ``h2``'s checks, which would make a
+    malformed one a connection error; the session makes it a stream error. A block it cannot
+    decode raises :class:`CompressionError`.
 
     ``h2`` calls ``conn.decoder.decode(block, raw=True)`` once per header block; the headers
     held back from the last block are left in :attr:`held` for the session (which feeds ``h2``
@@ -39,11 +57,28 @@ class FramingDecoder(Decoder):
     held: list[Header] | None = None
 
     def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
-        headers = list(super().decode(data, raw=raw))
+        try:
+            headers = list(super().decode(data, raw=raw))
+        except OversizedHeaderListError:
+            raise  # h2's ENHANCE_YOUR_CALM
+        except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as e:  # as h2 catches
+            raise CompressionError(f"Error decoding header block: {e}") from e
         names = {bytes(h[0]) for h in headers}
         hold = {b"content-length", b"host"} if b":authority" in names else {b"content-length"}
-        self.held = [(bytes(n), bytes(v)) for n, v in headers if n in hold]
-        return [h for h in headers if h[0] not in hold]
+        kept: list[HeaderTuple] = []
+        held: list[Header] = []
+        for header in headers:
+            name, value = bytes(header[0]), bytes(header[1])
+            if name in hold or _malformed(name, value):
+                held.append((name, value))
+            else:
+                kept.append(header)
+        self.held = held
+        return kept
+
+
+def _malformed(name: bytes, value: bytes) -> bool:
+    return name in MALFORMED_FIELDS and (name != b"te" or value.lower() != b"trailers")
 
 
 def response_headers(status: int, headers: list[Header], length: int | None,
