@@ -41,7 +41,7 @@ log = Logger(namespace="mtlsgw.status")
 
 METRICS_DIR_ENV = "MTLSGW_METRICS_DIR"  # where a worker writes its snapshots (workers = N)
 REQUEST_TIMEOUT = 10.0  # seconds a status connection may take to send its request
-MAX_CONNECTIONS = 64  # open status connections; more are closed at once
+MAX_CONNECTIONS = 64  # open status connections; a new one past it closes the oldest
 _TEXT = b"text/plain; charset=utf-8"
 
 
@@ -158,10 +158,13 @@ class StatusProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         factory = self.factory
-        factory.open.add(self)
-        if len(factory.open) > MAX_CONNECTIONS:
-            self.transport.abortConnection()
-            return
+        if len(factory.open) >= MAX_CONNECTIONS:
+            # Close the oldest one still waiting for its request rather than the newcomer: a
+            # probe is answered even while something holds connections open without a request.
+            oldest = next((p for p in factory.open if not p._answered), next(iter(factory.open)))
+            del factory.open[oldest]
+            oldest.transport.abortConnection()
+        factory.open[self] = None
         self._parser = h1.RequestParser(self, 8192, 100)
         self._head: RequestHead | None = None
         self._answered = False
@@ -183,7 +186,7 @@ class StatusProtocol(Protocol):
                 self._answer(500, b"500 Internal Server Error\n")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        self.factory.open.discard(self)
+        self.factory.open.pop(self, None)
         timer = getattr(self, "_timer", None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -225,7 +228,7 @@ class StatusFactory(Factory):
 
     def __init__(self, operations: Operations) -> None:
         self.operations = operations
-        self.open: set[StatusProtocol] = set()
+        self.open: dict[StatusProtocol, None] = {}  # in the order they connected
 
     def buildProtocol(self, addr: Any) -> StatusProtocol:  # noqa: N802
         protocol = StatusProtocol()

@@ -199,6 +199,24 @@ def test_healthz_readyz_and_404(start_gateway):
         tls_connect(status_port, context).close()
 
 
+def test_connections_held_open_without_a_request_do_not_keep_healthz_from_its_answer(
+        start_gateway):
+    status_port = free_port()
+    start_gateway({"status": status_section(status_port)})
+    silent = [socket.create_connection(("127.0.0.1", status_port), timeout=DEADLINE)
+              for _ in range(64)]
+    try:
+        assert status_get(status_port, "/healthz")[::2] == (200, b"ok\n")
+        # the 65th connection (the probe) closed the oldest silent one, not itself
+        with contextlib.suppress(ConnectionResetError):  # closed by a reset
+            assert silent[0].recv(1) == b""
+        silent[-1].sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert silent[-1].recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for connection in silent:
+            connection.close()
+
+
 def test_a_failed_reload_keeps_200_and_shows_in_readyz_and_metrics(start_gateway, pki):
     status_port = free_port()
     gateway = start_gateway({"status": status_section(status_port)})
