@@ -9,6 +9,7 @@ A connection that sends nothing is closed after the grace, not after ``drain_tim
 from __future__ import annotations
 
 import contextlib
+import select
 import signal
 import socket
 import ssl
@@ -37,6 +38,12 @@ class MemoryTLS:
         with contextlib.suppress(ssl.SSLWantReadError):
             self.tls.do_handshake()
         self.flush()
+
+    def wait_server_flight(self) -> None:
+        """Wait until the gateway's answer to the ClientHello has arrived (it has accepted the
+        connection and is inside the handshake), leaving it unread."""
+        readable, _, _ = select.select([self.sock], [], [], DEADLINE)
+        assert readable, "no ServerHello within the deadline"
 
     def finish(self) -> None:
         while True:
@@ -92,6 +99,8 @@ def test_sigterm_during_the_handshake_answers_the_first_request(start_gateway, p
     client = MemoryTLS(gateway.port, client_context(pki.ca, pki.alice().cert, pki.alice().key))
     try:
         client.start()
+        # accepted and in the handshake, not still in the listen queue, when SIGTERM comes
+        client.wait_server_flight()
         gateway.process.send_signal(signal.SIGTERM)
         gateway.wait_log("draining 1 connection(s)")
         client.finish()
