@@ -163,6 +163,23 @@ def test_connection_specific_fields_reset_their_stream_alone_and_nothing_goes_up
     assert [r["path"] for r in upstream.requests] == ["/after"]
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("te", "gzip"), ("connection", "close"), ("transfer-encoding", "chunked")])
+def test_connection_specific_fields_in_trailers_reset_their_stream_alone(gateway, pki, upstream,
+                                                                         name, value):
+    # RFC 9113 §8.2.2: a message with such a field is malformed, its trailers included (§8.1.1)
+    upstream.clear()
+    with client(gateway, pki) as c:
+        c.request(1, "/trailer-field", "POST", end=False)
+        c.conn.send_data(1, b"hello")
+        c.conn.send_headers(1, [(name, value)], end_stream=True)
+        c.request(3, "/after-trailer")
+        c.until(lambda: c.ended(1) and c.ended(3), "both streams")
+        assert c.reset_code(1) == ErrorCodes.PROTOCOL_ERROR
+        assert c.status(3) == b"200" and not c.terminated()
+    assert [r["path"] for r in upstream.requests] == ["/after-trailer"]
+
+
 def test_an_early_403_on_one_stream_leaves_the_neighbouring_200_intact(gateway, pki, upstream):
     upstream.clear()
     with client(gateway, pki) as c:
