@@ -338,6 +338,15 @@ def test_a_connection_specific_trailer_field_resets_the_stream_and_tells_its_exc
     assert sum("connection-specific trailer field" in line for line in peer.log) == 1
 
 
+def test_malformed_streams_count_toward_the_reset_bound():
+    peer = Peer()
+    for index in range(h2frames.BOUNDS["reset"] + 1):
+        peer.request(1 + 2 * index, extra=[("connection", "close")])
+        peer.pump()
+    assert peer.goaway() == ErrorCodes.ENHANCE_YOUR_CALM
+    assert peer.exchanges == {}
+
+
 def test_te_trailers_is_allowed_and_reaches_the_exchange():
     peer = Peer()
     peer.request(1, extra=[("te", "Trailers")])

@@ -524,7 +524,9 @@ class H2Session:
                                  id=stream.stream_id)
 
     def _stream_error(self, stream_id: int, reason: str, stream: H2Stream | None = None) -> None:
-        """A malformed request (RFC 9113 §8.1.1): RST_STREAM(PROTOCOL_ERROR), one log line."""
+        """A malformed request (RFC 9113 §8.1.1): RST_STREAM(PROTOCOL_ERROR), one log line.
+        Counted as a refused stream is: past the bound the connection ends (FrameError)."""
+        self._guard.count("reset")
         self.log.info("HTTP/2 stream {id} from {peer}: {reason}: RST_STREAM(PROTOCOL_ERROR)",
                       id=stream_id, peer=self.connection.peer_host, reason=clean(reason))
         if stream is None:
