@@ -23,6 +23,8 @@ from h2.errors import ErrorCodes
 from harness import DEADLINE
 from test_e2e_http2 import h2_socket
 
+from gateway.http import h2frames
+
 CLOSED_PROMPTLY = 5.0  # seconds from the last response (or GOAWAY) to the socket's close
 
 
@@ -161,6 +163,36 @@ def test_connection_specific_fields_reset_their_stream_alone_and_nothing_goes_up
         assert (c.reset_code(1), c.reset_code(3)) == (ErrorCodes.PROTOCOL_ERROR,) * 2
         assert c.status(5) == b"200" and not c.terminated()
     assert [r["path"] for r in upstream.requests] == ["/after"]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("te", "gzip"), ("connection", "close"), ("transfer-encoding", "chunked")])
+def test_connection_specific_fields_in_trailers_reset_their_stream_alone(gateway, pki, upstream,
+                                                                         name, value):
+    # RFC 9113 §8.2.2: a message with such a field is malformed, its trailers included (§8.1.1)
+    upstream.clear()
+    with client(gateway, pki) as c:
+        c.request(1, "/trailer-field", "POST", end=False)
+        c.conn.send_data(1, b"hello")
+        c.conn.send_headers(1, [(name, value)], end_stream=True)
+        c.request(3, "/after-trailer")
+        c.until(lambda: c.ended(1) and c.ended(3), "both streams")
+        assert c.reset_code(1) == ErrorCodes.PROTOCOL_ERROR
+        assert c.status(3) == b"200" and not c.terminated()
+    assert [r["path"] for r in upstream.requests] == ["/after-trailer"]
+
+
+def test_malformed_streams_count_toward_the_reset_bound_as_refused_ones_do(gateway, pki):
+    # Each costs an RST_STREAM and a log line without carrying a request, and is not bounded by
+    # SETTINGS_MAX_CONCURRENT_STREAMS: as a refused stream, it counts (CVE-2023-44487).
+    with client(gateway, pki) as c:
+        for index in range(h2frames.BOUNDS["reset"] + 1):
+            c.conn.send_headers(1 + 2 * index, c.headers(f"/m{index}", extra=[("te", "gzip")]),
+                                end_stream=True)
+        c.flush()
+        c.until(c.terminated, "GOAWAY")
+        [goaway] = [e for e in c.events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
 
 
 def test_an_early_403_on_one_stream_leaves_the_neighbouring_200_intact(gateway, pki, upstream):

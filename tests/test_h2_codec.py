@@ -325,6 +325,28 @@ def test_a_connection_specific_field_is_a_stream_error_and_the_connection_serves
     assert sum("connection-specific" in line for line in peer.log) == 1
 
 
+def test_a_connection_specific_trailer_field_resets_the_stream_and_tells_its_exchange():
+    peer = Peer()
+    peer.request(1, method="POST", end=False)
+    peer.send(1, b"hello")
+    peer.client.send_headers(1, [(b"te", b"gzip")], end_stream=True)
+    peer.request(3)
+    peer.pump()
+    assert peer.resets() == {1: ErrorCodes.PROTOCOL_ERROR}
+    assert peer.exchanges[1].calls == ["start", "body_data", "client_lost"]
+    assert peer.exchanges[3].calls == ["start"] and peer.goaway() is None
+    assert sum("connection-specific trailer field" in line for line in peer.log) == 1
+
+
+def test_malformed_streams_count_toward_the_reset_bound():
+    peer = Peer()
+    for index in range(h2frames.BOUNDS["reset"] + 1):
+        peer.request(1 + 2 * index, extra=[("connection", "close")])
+        peer.pump()
+    assert peer.goaway() == ErrorCodes.ENHANCE_YOUR_CALM
+    assert peer.exchanges == {}
+
+
 def test_te_trailers_is_allowed_and_reaches_the_exchange():
     peer = Peer()
     peer.request(1, extra=[("te", "Trailers")])

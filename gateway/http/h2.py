@@ -14,8 +14,8 @@ one exchange from ``exchange_factory``. The session owns what ``h2`` leaves to i
 - **Malformed requests** (§8.1.1): a repeated, non-numeric or oversized ``content-length``, a
   body of another length, or a connection-specific field (§8.2.2: ``connection``,
   ``keep-alive``, ``proxy-connection``, ``transfer-encoding``, ``upgrade``, ``te`` other than
-  ``trailers``) is a stream error (``RST_STREAM(PROTOCOL_ERROR)``). ``h2`` would make them
-  connection errors, so its HPACK decoder is replaced by
+  ``trailers``; in the trailers too) is a stream error (``RST_STREAM(PROTOCOL_ERROR)``).
+  ``h2`` would make them connection errors, so its HPACK decoder is replaced by
   :class:`~gateway.http.h2headers.FramingDecoder`, which takes those fields out of the header
   list ``h2`` checks. A header block HPACK cannot decode ends the connection with
   ``GOAWAY(COMPRESSION_ERROR)`` (§4.3), one GOAWAY for any connection error.
@@ -323,6 +323,8 @@ class H2Session:
             self._request(event.stream_id, event.headers, event.stream_ended is not None)
         elif isinstance(event, h2.events.DataReceived):
             self._data(event.stream_id, event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.TrailersReceived):
+            self._trailers(event.stream_id)
         elif isinstance(event, h2.events.StreamEnded):
             self._request_ended(event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
@@ -386,6 +388,15 @@ class H2Session:
             stream.unacked += flow_length
         else:
             self.acknowledge(stream, flow_length)
+
+    def _trailers(self, stream_id: int) -> None:
+        """Trailers are dropped, but a connection-specific field makes them malformed too
+        (RFC 9113 §8.2.2): the stream is reset and its exchange told the client is gone."""
+        malformed = [n for n, _ in self._decoder.held or [] if n in MALFORMED_FIELDS]
+        stream = self._streams.get(stream_id)
+        if malformed and stream is not None:
+            self._stream_error(stream_id, f"connection-specific trailer field {malformed[0]!r}",
+                               stream)
 
     def _request_ended(self, stream_id: int) -> None:
         stream = self._streams.get(stream_id)
@@ -513,7 +524,9 @@ class H2Session:
                                  id=stream.stream_id)
 
     def _stream_error(self, stream_id: int, reason: str, stream: H2Stream | None = None) -> None:
-        """A malformed request (RFC 9113 §8.1.1): RST_STREAM(PROTOCOL_ERROR), one log line."""
+        """A malformed request (RFC 9113 §8.1.1): RST_STREAM(PROTOCOL_ERROR), one log line.
+        Counted as a refused stream is: past the bound the connection ends (FrameError)."""
+        self._guard.count("reset")
         self.log.info("HTTP/2 stream {id} from {peer}: {reason}: RST_STREAM(PROTOCOL_ERROR)",
                       id=stream_id, peer=self.connection.peer_host, reason=clean(reason))
         if stream is None:

@@ -23,7 +23,7 @@ END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
 #: Bounds per connection within one :data:`WINDOW` (seconds), by what is counted.
 WINDOW = 10.0
 BOUNDS = {
-    "reset": 200,  # streams reset by the client before their response ended, or refused
+    "reset": 200,  # streams reset by the client before their response ended, refused, malformed
     "ping": 1000,  # PING frames (not ACKs)
     "settings": 100,  # SETTINGS frames (not ACKs)
     "priority": 10_000,  # PRIORITY frames, for any stream, idle ones included
