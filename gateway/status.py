@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ log = Logger(namespace="mtlsgw.status")
 
 METRICS_DIR_ENV = "MTLSGW_METRICS_DIR"  # where a worker writes its snapshots (workers = N)
 REQUEST_TIMEOUT = 10.0  # seconds a status connection may take to send its request
-MAX_CONNECTIONS = 64  # open status connections; a new one past it closes the oldest
+MAX_CONNECTIONS = 64  # open status connections; a new one past it closes one (_eviction)
 _TEXT = b"text/plain; charset=utf-8"
 
 
@@ -158,12 +159,11 @@ class StatusProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         factory = self.factory
+        self._source = getattr(self.transport.getPeer(), "host", "unix")
         if len(factory.open) >= MAX_CONNECTIONS:
-            # Close the oldest one still waiting for its request rather than the newcomer: a
-            # probe is answered even while something holds connections open without a request.
-            oldest = next((p for p in factory.open if not p._answered), next(iter(factory.open)))
-            del factory.open[oldest]
-            oldest.transport.abortConnection()
+            victim = _eviction(factory.open)
+            del factory.open[victim]
+            victim.transport.abortConnection()
         factory.open[self] = None
         self._parser = h1.RequestParser(self, 8192, 100)
         self._head: RequestHead | None = None
@@ -221,6 +221,19 @@ class StatusProtocol(Protocol):
             (b"Cache-Control", b"no-store"), *headers, (b"Connection", b"close")])
             + (body if send_body else b""))
         self.transport.loseConnection()
+
+
+def _eviction(open_: dict[StatusProtocol, None]) -> StatusProtocol:
+    """The connection a newcomer closes when :data:`MAX_CONNECTIONS` are open: the oldest one
+    still waiting for its request from the source address that holds the most waiting ones.
+    Something holding connections open (or opening them as fast as it can) then closes its own,
+    and a probe from another address (the kubelet's, Prometheus') is still answered."""
+    waiting = [p for p in open_ if not p._answered]  # in the order they connected
+    if not waiting:
+        return next(iter(open_))
+    counts = Counter(p._source for p in waiting)
+    source = max(counts, key=counts.__getitem__)
+    return next(p for p in waiting if p._source == source)
 
 
 class StatusFactory(Factory):

@@ -217,6 +217,23 @@ def test_connections_held_open_without_a_request_do_not_keep_healthz_from_its_an
             connection.close()
 
 
+def test_a_flood_from_one_address_closes_its_own_connections_not_a_probe_from_another(
+        start_gateway):
+    status_port = free_port()
+    start_gateway({"status": status_section(status_port)})
+    probe = socket.create_connection(("127.0.0.1", status_port), timeout=DEADLINE)
+    # the probe is the oldest waiting connection; the flood comes from 127.0.0.2 (loopback too)
+    flood = [socket.create_connection(("127.0.0.1", status_port), timeout=DEADLINE,
+                                      source_address=("127.0.0.2", 0)) for _ in range(100)]
+    try:
+        wait_for(lambda: status_get(status_port, "/healthz")[0] == 200, "the status listener")
+        probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert probe.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for connection in [probe, *flood]:
+            connection.close()
+
+
 def test_a_failed_reload_keeps_200_and_shows_in_readyz_and_metrics(start_gateway, pki):
     status_port = free_port()
     gateway = start_gateway({"status": status_section(status_port)})
