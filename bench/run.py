@@ -195,8 +195,10 @@ def build_before(ref: str) -> tuple[Path, dict[str, str]]:
     res = subprocess.run(argv, capture_output=True, text=True, cwd=str(build))
     if res.returncode:
         raise SystemExit(f"{' '.join(argv)} failed:\n{(res.stdout + res.stderr)[-2000:]}")
-    # it must import its own copy, and HTTP/2 must be there for the h2 scenario
-    probe = "import gateway, twisted.web._http2; print(gateway.__file__)"
+    # it must import its own copy, and an HTTP/2 stack must be there for the h2 scenario: h2
+    # (the gateway's own engine, or Twisted's twisted.web._http2 in commits before it, whose
+    # extra also brings `priority`: importing that module here would refuse every later commit)
+    probe = "import gateway, h2; print(gateway.__file__)"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     res = subprocess.run(
         [str(python), "-c", probe], capture_output=True, text=True, cwd=str(build), env=env
