@@ -164,13 +164,15 @@ def worker_event(number: int, line: bytes, stderr: bool, now: float) -> dict[str
     ``worker=N <text>``. Anything else (stderr, a stray print) is a line of namespace
     ``mtlsgw.worker``, at level error for stderr. A request with its JSON log record,
     ``R <JSON [time, level, line, record members]>``, becomes that access event with the
-    record's members (``mtlsgw_request``) and ``mtlsgw_worker``.
+    record's members (``mtlsgw_request``) and ``mtlsgw_worker``; members that are not printable
+    ASCII (the encoder never writes a control character) make it a plain line, so that a stray
+    print cannot put one into the supervisor's JSON log.
     """
     text = line.decode("utf-8", "replace").rstrip("\r")
     if not stderr and text.startswith("R "):
         with suppress(ValueError, TypeError, InvalidLogLevelError):  # else: a plain line
             when, level, access, members = json.loads(text[2:])
-            if isinstance(members, str):
+            if isinstance(members, str) and members.isascii() and members.isprintable():
                 return {"log_namespace": "mtlsgw.access", "log_format": "{access}",
                         "access": f"worker={number} {access}", "mtlsgw_request": members,
                         "mtlsgw_worker": number, "log_level": LogLevel.levelWithName(level),

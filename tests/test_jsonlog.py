@@ -235,6 +235,16 @@ def test_a_workers_request_record_crosses_the_pipe_intact():
     assert relayed["event"] == "request" and relayed["level"] == "info"
 
 
+@pytest.mark.parametrize("members", ['"target":"/\n"', '"target":"\x1b[31m"', '"t":"\u00e9"'])
+def test_a_stray_request_line_with_raw_control_characters_stays_a_plain_line(members):
+    line = b"R " + json.dumps([0.0, "info", "request", members]).encode()
+    event = worker_event(3, line, stderr=False, now=0.0)
+    assert "mtlsgw_request" not in event
+    written = json_line(event)
+    assert written.isascii() and not re.search(r"[\x00-\x1f\x7f]", written[:-1])
+    VALIDATOR.validate(json.loads(written))
+
+
 def test_a_workers_other_events_keep_their_record_and_text():
     out = io.BytesIO()
     pipe = PipeLogObserver(out)
