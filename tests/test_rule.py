@@ -8,12 +8,12 @@ from pathlib import Path
 
 import attrs
 import pytest
+from test_authz import Scripted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from zope.interface import implementer
 
-from gateway.authz.interfaces import ClientIdentity, Decision, IAuthorizer, RequestInfo
+from gateway.authz.interfaces import ClientIdentity, Decision, IAuthorizer
 from gateway.authz.policy import Policy
 from gateway.authz.registry import available_types, build_authorizers
 from gateway.authz.rule import ExprAuthorizer
@@ -25,21 +25,6 @@ INI = Path("/etc/mtlsgw/gw.ini")
 CA = make_ca(name("Rule CA"))
 ALICE = identity_from_pem(make_leaf(CA, name("alice", organizational_unit_name="ops")).cert_pem())
 BOB = identity_from_pem(make_leaf(CA, "bob").cert_pem())
-
-
-@implementer(IAuthorizer)
-@attrs.define
-class Scripted:
-    """Returns (or raises) ``result``; counts how often it was asked."""
-
-    result: object
-    calls: int = 0
-
-    def authorize(self, identity: ClientIdentity | None, request: RequestInfo) -> object:
-        self.calls += 1
-        if isinstance(self.result, BaseException):
-            raise self.result
-        return self.result
 
 
 LEAVES: dict[str, Scripted] = {}
