@@ -48,8 +48,8 @@ from twisted.logger import Logger
 from gateway.config import Limits
 from gateway.http.h2frames import DATA, GOAWAY, FloodGuard, FrameError, FrameReader, RawFrame
 from gateway.http.h2headers import (
-    MALFORMED_FIELDS,
     FramingDecoder,
+    connection_specific,
     header_list_limit,
     request_head,
     response_headers,
@@ -345,9 +345,9 @@ class H2Session:
             self._guard.count("reset")
             self._conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        malformed = [n for n, _ in held if n in MALFORMED_FIELDS]
-        if malformed:
-            self._stream_error(stream_id, f"connection-specific field {malformed[0]!r}")
+        malformed = connection_specific(held)
+        if malformed is not None:
+            self._stream_error(stream_id, f"connection-specific field {malformed!r}")
             return
         if len(lengths) > 1 or (lengths and not (lengths[0].isdigit()
                                                  and int(lengths[0]) <= MAX_CONTENT_LENGTH)):
@@ -392,10 +392,10 @@ class H2Session:
     def _trailers(self, stream_id: int) -> None:
         """Trailers are dropped, but a connection-specific field makes them malformed too
         (RFC 9113 §8.2.2): the stream is reset and its exchange told the client is gone."""
-        malformed = [n for n, _ in self._decoder.held or [] if n in MALFORMED_FIELDS]
+        malformed = connection_specific(self._decoder.held)
         stream = self._streams.get(stream_id)
-        if malformed and stream is not None:
-            self._stream_error(stream_id, f"connection-specific trailer field {malformed[0]!r}",
+        if malformed is not None and stream is not None:
+            self._stream_error(stream_id, f"connection-specific trailer field {malformed!r}",
                                stream)
 
     def _request_ended(self, stream_id: int) -> None:

@@ -81,6 +81,12 @@ def _malformed(name: bytes, value: bytes) -> bool:
     return name in MALFORMED_FIELDS and (name != b"te" or value.lower() != b"trailers")
 
 
+def connection_specific(held: list[Header] | None) -> bytes | None:
+    """The first field of :data:`MALFORMED_FIELDS` that :class:`FramingDecoder` held back from
+    a block (*held*), or ``None``: the block is malformed if there is one."""
+    return next((name for name, _ in held or () if name in MALFORMED_FIELDS), None)
+
+
 def response_headers(status: int, headers: list[Header], length: int | None,
                       log: Logger) -> list[Header]:
     """``:status``, *headers* lower-cased without framing and hop-by-hop ones (a name or value
