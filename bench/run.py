@@ -590,15 +590,23 @@ class Bench:
 
     # ---- drivers -------------------------------------------------------------------------------
 
-    def loadgen_run(
+    def loadgen_argv(
         self, target: str, conc: int, seconds: float, keepalive: bool = True, h2: bool = False
-    ) -> Run:
+    ) -> list[str]:
+        """loadgen's command line: `conc` connections for `seconds` of `GET /small`, presenting
+        the client certificate."""
         p = self.pki
         argv = [str(self.loadgen), "-url", self.url(target, "/small"), "-cert", p["client_crt"]]
         argv += ["-key", p["client_key"], "-cacert", p["server_ca"], "-c", str(conc)]
         argv += ["-d", f"{seconds}s", f"-keepalive={'true' if keepalive else 'false'}"]
         if h2:
             argv.append("-h2")
+        return argv
+
+    def loadgen_run(
+        self, target: str, conc: int, seconds: float, keepalive: bool = True, h2: bool = False
+    ) -> Run:
+        argv = self.loadgen_argv(target, conc, seconds, keepalive, h2)
         out = self.measured(target, lambda: json_cmd(argv, seconds + 60))
         protos = out.get("protocols") or {}
         want = "HTTP/2.0" if h2 else "HTTP/1.1"
@@ -611,26 +619,7 @@ class Bench:
         """Keep-alive small GET against every target at the same time, one loadgen of `conc`
         connections each: the targets share the machine's cores, and whatever else slows the
         machine down, at the same moments. Each run gets its target's own proxy CPU use."""
-        p = self.pki
-        argvs = {
-            t: [
-                str(self.loadgen),
-                "-url",
-                self.url(t, "/small"),
-                "-cert",
-                p["client_crt"],
-                "-key",
-                p["client_key"],
-                "-cacert",
-                p["server_ca"],
-                "-c",
-                str(conc),
-                "-d",
-                f"{seconds}s",
-                "-keepalive=true",
-            ]
-            for t in targets
-        }
+        argvs = {t: self.loadgen_argv(t, conc, seconds) for t in targets}
         pids = {t: self.proxy_pids(t) for t in targets}
         before = {t: procs.cpu_seconds(pids[t]) for t in targets}
         outs: dict[str, Run] = {}
@@ -653,9 +642,8 @@ class Bench:
             out["other_cpu_pct"] = cpu.result["other_cpu_pct"]
             out["steal_pct"] = cpu.result["steal_pct"]
             out["proxy_cpu_pct"] = 100 * (procs.cpu_seconds(pids[t]) - before[t]) / wall
-            if out.get("rps") and out["proxy_cpu_pct"]:
-                out["rps_per_core"] = out["rps"] / (out["proxy_cpu_pct"] / 100)
-        return outs
+            add_per_core(out)
+        return {t: outs[t] for t in targets}  # in the order given, not the order they ended
 
     def rate_run(self, target: str) -> Run:
         a = self.args
@@ -718,10 +706,7 @@ class Bench:
         out["upstream_conns_opened"] = s1["conns_opened"] - s0["conns_opened"] - 1
         out["upstream_requests"] = s1["requests"] - s0["requests"]
         out["proxy_rss_mib"] = procs.rss_kib(pids) / 1024 if pids else None
-        if out.get("rps") and out.get("proxy_cpu_pct"):
-            # throughput per core the proxy really used: comparable even when the client, not the
-            # proxy, was the bottleneck (they share this machine's cores)
-            out["rps_per_core"] = out["rps"] / (out["proxy_cpu_pct"] / 100)
+        add_per_core(out)
         return out
 
     # ---- scenarios -----------------------------------------------------------------------------
@@ -729,12 +714,14 @@ class Bench:
     def alternate(
         self,
         name: str,
-        fn: Callable[[str], Run],
+        fn: Callable[[str], Run] | None,
         targets: list[str] | None = None,
         rounds: int | None = None,
+        together: Callable[[list[str]], dict[str, Run]] | None = None,
     ) -> None:
         """Run fn(target) as A B, B A, A B ... (each round in the other order, so that neither
-        target always runs first, after the same neighbour), keeping every run.
+        target always runs first, after the same neighbour), keeping every run; with
+        `together`, each round is one together(targets) that runs them at the same time.
 
         A round during which other work on the machine used more than --noisy-threshold of a core
         is marked noisy (left out of the medians) and repeated, while --retries lasts."""
@@ -745,8 +732,13 @@ class Bench:
             r += 1
             batch = []
             order = list(targets or self.measured_targets())
-            for t in order if r % 2 else order[::-1]:
-                out = fn(t)
+            order = order if r % 2 else order[::-1]
+            if together is not None:
+                outs = together(order)
+            else:
+                assert fn is not None
+                outs = {t: fn(t) for t in order}  # one after the other, in order
+            for t, out in outs.items():
                 out.update(round=r, target=t)
                 batch.append(out)
                 log(f"{name} round {r} {t}: {summarize(out)}")
@@ -934,30 +926,12 @@ class Bench:
         the same moments, both see the same machine, and the on/off ratio of each round is the
         cost of the work one does and the other does not."""
         a = self.args
-        runs: list[Run] = []
-        clean = r = 0
-        while clean < a.rounds:
-            r += 1
-            outs = self.side_by_side_run(
-                ["mtlsgw", TELEMETRY], max(a.concurrency // 2, 1), a.duration
-            )
-            for t, out in outs.items():
-                out.update(round=r, target=t)
-                runs.append(out)
-                log(f"telemetry side by side round {r} {t}: {summarize(out)}")
-            other = max((o.get("other_cpu_pct") or 0.0) for o in outs.values())
-            if other > a.noisy_threshold and self.retries_left > 0:
-                self.retries_left -= 1
-                for o in outs.values():
-                    o["noisy"] = True
-                log(
-                    f"telemetry side by side round {r}: other work used {other:.0f}% of a core; "
-                    "repeating it"
-                )
-                self.settle()
-            else:
-                clean += 1
-        self.results["scenarios"]["telemetry-side-by-side"] = {"runs": runs}
+        self.alternate(
+            "telemetry-side-by-side",
+            None,
+            targets=["mtlsgw", TELEMETRY],
+            together=lambda ts: self.side_by_side_run(ts, max(a.concurrency // 2, 1), a.duration),
+        )
 
     def sc_h2(self) -> None:
         """HTTP/2 keep-alive small GET: the proxies restarted with h2 offered in ALPN (mtlsgw
@@ -1083,6 +1057,13 @@ def count_lines(path: Path) -> int:
             return sum(1 for _ in f)
     except OSError:
         return 0
+
+
+def add_per_core(out: Run) -> None:
+    """`rps_per_core`: throughput per core the proxy really used, comparable even when the
+    client, not the proxy, was the bottleneck (they share this machine's cores)."""
+    if out.get("rps") and out.get("proxy_cpu_pct"):
+        out["rps_per_core"] = out["rps"] / (out["proxy_cpu_pct"] / 100)
 
 
 def json_cmd(argv: list[str], timeout: float) -> Run:
