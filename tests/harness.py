@@ -303,6 +303,23 @@ def run_twistd(config: Path, log_path: Path | None, env: dict[str, str] | None =
     )
 
 
+def refused_start(config: Path) -> str:
+    """Start ``twistd mtlsgw`` with *config*, which it must refuse: exit status 1, one line on
+    stderr and no traceback; ``mtlsgw check-config`` must print the same line (exit status 1).
+    Returns that line."""
+    process = run_twistd(config, None)
+    out, err = process.communicate(timeout=DEADLINE)
+    assert process.returncode == 1, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in out + err
+    check = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(config)],
+                           capture_output=True, text=True, timeout=DEADLINE, check=False)
+    assert check.returncode == 1
+    assert check.stderr.strip() == lines[0]
+    return lines[0]
+
+
 class Refused(Exception):
     """The TLS handshake (or the connection right after it) was refused by the gateway."""
 
