@@ -289,13 +289,14 @@ def test_connections_and_pool_gauges(start_gateway, pki):
 class _SlowHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     arrived = threading.Event()
+    release = threading.Event()  # set by the test: the request stays in flight until then
 
     def log_message(self, format, *args):
         pass
 
     def do_GET(self):
         type(self).arrived.set()
-        time.sleep(2.0)  # a slow application: the request is in flight meanwhile
+        type(self).release.wait(DEADLINE)  # a slow application
         body = b"done"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -326,10 +327,12 @@ def test_readyz_is_503_while_draining_and_the_request_in_flight_completes(start_
         assert body == b"draining\n"
         assert gateway.process.poll() is None  # still draining the request in flight
         assert status_get(status_port, "/healthz")[0] == 200
+        _SlowHandler.release.set()
         client.join(DEADLINE)
         assert result == [(200, b"done")]
         assert gateway.process.wait(DEADLINE) == 0
     finally:
+        _SlowHandler.release.set()
         slow.shutdown()
         slow.server_close()
 
