@@ -971,6 +971,10 @@ def load(path: str | Path) -> GatewaySettings:
             raise route.location.at("prefix", route.prefix).error(
                 f"same listener, host and prefix as route {seen[where]!r}")
         seen[where] = route.name
+        if route.upstream.ready_check and not parser.has_section("status"):
+            raise route.location.at(
+                "ready_check", parser.get(route.location.section, "ready_check")).error(
+                "needs a [status] section: readiness is reported on its /readyz")
     return GatewaySettings(
         path=path,
         limits=Limits(

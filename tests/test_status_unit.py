@@ -74,11 +74,23 @@ def test_status_mistakes_are_one_line(tmp_path: Path, changes: dict, problem: st
 
 def test_ready_check_keys_per_route(tmp_path: Path) -> None:
     sections = minimal()
+    sections["status"] = {"listen": "tcp:9100:interface=127.0.0.1"}  # ready_check needs it
     sections["route:api"] = {"prefix": "/api/", "upstream": "http://127.0.0.1:9000",
                              "ready_check": "yes", "ready_check_window": "2.5"}
     routes = {r.name: r.upstream for r in load(write_config(tmp_path, sections)).routes}
     assert (routes["api"].ready_check, routes["api"].ready_check_window) == (True, 2.5)
     assert (routes["default"].ready_check, routes["default"].ready_check_window) == (False, 10.0)
+
+
+@pytest.mark.parametrize("section", ["gateway", "route:api"])
+def test_ready_check_without_a_status_listener_is_one_line(tmp_path: Path, section: str) -> None:
+    sections = minimal()
+    sections["route:api"] = {"prefix": "/api/", "upstream": "http://127.0.0.1:9000"}
+    sections[section]["ready_check"] = "on"
+    path = write_config(tmp_path, sections)
+    assert config_error(load, path) == (
+        f"{path}: [{section}] ready_check = 'on': needs a [status] section: readiness is "
+        "reported on its /readyz")
 
 
 # -- handshake failure classes ------------------------------------------------------------------
