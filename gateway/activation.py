@@ -45,8 +45,10 @@ def check_passed_sockets(settings: config.GatewaySettings, passed: ListenFDs) ->
         if not isinstance(getattr(socket, f"AF_{domain}", None), int):
             raise where.error(f"domain={domain} is not an address family (INET, INET6, UNIX)")
         passed_text = (f"systemd passed {len(descriptors)} socket(s)" if descriptors else
-                       "no socket was passed (LISTEN_FDS and LISTEN_PID are not set for this "
-                       "process): start it through its .socket unit")
+                       "no socket was passed (LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES must "
+                       "all be set for this process, as a .socket unit sets them; Twisted takes "
+                       "no socket without its name, so systemd-socket-activate needs --fdname): "
+                       "start it through its .socket unit")
         if kwargs.get("index") is not None and kwargs.get("name") is not None:
             raise where.error("give index= or name=, not both")
         if kwargs.get("index") is not None:

@@ -194,8 +194,10 @@ def test_a_systemd_listener_without_the_socket_is_a_one_line_error(tmp_path, pki
     out, err = process.communicate(timeout=DEADLINE)
     assert process.returncode == 1
     assert err == (f"mtlsgw: {config}: [gateway] listen = 'systemd:domain=INET:index=0': no "
-                   "passed socket at index 0; no socket was passed (LISTEN_FDS and LISTEN_PID "
-                   "are not set for this process): start it through its .socket unit\n")
+                   "passed socket at index 0; no socket was passed (LISTEN_FDS, LISTEN_PID and "
+                   "LISTEN_FDNAMES must all be set for this process, as a .socket unit sets "
+                   "them; Twisted takes no socket without its name, so systemd-socket-activate "
+                   "needs --fdname): start it through its .socket unit\n")
     assert "Traceback" not in out
 
 

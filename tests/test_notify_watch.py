@@ -214,8 +214,10 @@ def test_mistakes_are_one_line(tmp_path, pki, values, problem):
 
 @pytest.mark.parametrize(("listen", "passed", "problem"), [
     ("systemd:domain=INET:index=0", ListenFDs([], ()),
-     "no passed socket at index 0; no socket was passed (LISTEN_FDS and LISTEN_PID are not set "
-     "for this process): start it through its .socket unit"),
+     "no passed socket at index 0; no socket was passed (LISTEN_FDS, LISTEN_PID and "
+     "LISTEN_FDNAMES must all be set for this process, as a .socket unit sets them; Twisted takes "
+     "no socket without its name, so systemd-socket-activate needs --fdname): start it through "
+     "its .socket unit"),
     ("systemd:domain=INET:index=1", ListenFDs([3], ("https",)),
      "no passed socket at index 1; systemd passed 1 socket(s)"),
     ("systemd:domain=INET6:name=web", ListenFDs([3], ("https",)),
