@@ -32,10 +32,35 @@ DEADLINE = 20.0  # seconds to wait for anything that should happen "now"
 PATTERN = hashlib.sha256(b"mtlsgw").digest() * 2048  # 64 KiB of deterministic bytes
 
 
+def _assignable_ports() -> range:
+    """Loopback ports the kernel never picks by itself, so that no server bound to port 0 and no
+    outgoing connection can take a port between :func:`free_port` and the gateway binding it:
+    the 20,000 below ``ip_local_port_range`` (or above it, when it starts low)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    if low - 20000 >= 1024:
+        return range(low - 20000, low)
+    return range(high + 1, 65536)
+
+
+_PORTS = _assignable_ports()
+_next_port = iter(range(os.getpid() % len(_PORTS), os.getpid() % len(_PORTS) + len(_PORTS)))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port that nothing listens on and that no other call in this test run has
+    returned: two listeners of one test never collide, nor a gateway with a server of a test."""
+    for index in _next_port:
+        port = _PORTS[index % len(_PORTS)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # a service of the machine, or a socket of an earlier test
+            return port
+    raise AssertionError("no free loopback port left")
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
