@@ -194,14 +194,19 @@ class StatusProtocol(Protocol):
     # h1.Receiver
     def request_head(self, head: RequestHead) -> None:
         self._head = head
+        if head.expect_continue:
+            # Nothing here takes a body, so the final answer needs none: it goes at once, in
+            # place of 100 Continue, and the client sends no body (RFC 9110, section 10.1.1).
+            self._respond(head)
 
     def request_body(self, data: bytes) -> None:
         pass  # nothing here takes a body
 
     def request_end(self) -> None:
-        head = self._head
-        if head is None or self._answered:
-            return
+        if self._head is not None and not self._answered:
+            self._respond(self._head)
+
+    def _respond(self, head: RequestHead) -> None:
         path = head.target.split(b"?", 1)[0]
         handler = self.factory.operations.pages.get(path)
         if handler is None:

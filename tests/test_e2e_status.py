@@ -199,6 +199,26 @@ def test_healthz_readyz_and_404(start_gateway):
         tls_connect(status_port, context).close()
 
 
+@pytest.mark.parametrize(("head", "answer"), [
+    (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n", b"HTTP/1.1 405 "),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n", b"HTTP/1.1 200 "),
+    (b"PUT /nothing HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n", b"HTTP/1.1 404 "),
+])
+def test_expect_100_continue_gets_its_final_answer_without_the_body(start_gateway, head, answer):
+    # curl sends Expect: 100-continue before a body of over 1 KiB and waits for an answer;
+    # nothing on the status listener takes a body, so the final answer comes in place of 100.
+    status_port = free_port()
+    start_gateway({"status": status_section(status_port)})
+    with socket.create_connection(("127.0.0.1", status_port), timeout=DEADLINE) as client:
+        client.sendall(head + b"Expect: 100-continue\r\n\r\n")  # and never the body
+        received = b""
+        while chunk := client.recv(65536):
+            received += chunk
+    assert received.startswith(answer), received
+    assert b" 100 " not in received.split(b"\r\n", 1)[0]
+    assert b"Connection: close\r\n" in received
+
+
 def test_connections_held_open_without_a_request_do_not_keep_healthz_from_its_answer(
         start_gateway):
     status_port = free_port()
