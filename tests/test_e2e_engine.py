@@ -389,12 +389,15 @@ def test_put_on_a_pooled_connection_the_upstream_just_closed_succeeds(start_gate
     assert "upstream_status=200" in _access_line(gateway, "/put")
 
 
+@pytest.mark.parametrize("body", [b"pay once", b""], ids=["with-body", "no-body"])
 def test_post_on_a_closed_pooled_connection_is_never_repeated(start_gateway, closing_upstream,
-                                                              alice):
+                                                              alice, body):
+    # Without a body too (Content-Length: 0): its head was written, and the upstream may have
+    # acted on it (RFC 9110 §9.2.2).
     gateway = _closing_gateway(start_gateway, closing_upstream, alice)
     closing_upstream.clear()
     status, _, response = https_request(gateway.port, alice, method="POST", path="/post",
-                                        body=b"pay once")
+                                        body=body)
     assert (status, response) == (502, b"502 Bad Gateway: upstream-error\n")
     seen = _forwarded_before_barrier(gateway, alice, closing_upstream, "post")
     posts = [r for r in seen if r["path"] == "/post"]
@@ -654,3 +657,119 @@ def test_early_403_with_a_body_still_arriving_closes_after_the_response(engine, 
     assert sent < total, "the whole body was read before the 403"
     assert elapsed < 10, elapsed
     assert _forwarded_before_barrier(engine, alice, scripted, "denied-stream") == []
+
+
+# -- 12. hostile upstream responses ----------------------------------------------------------
+
+
+EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"
+HOSTILE: dict[str, bytes] = {
+    # status codes outside 100-599 (RFC 9110 §15); llhttp takes 0xx as a final response
+    "/status-099": b"HTTP/1.1 099 X\r\nContent-Length: %d\r\n\r\n%s" % (len(EVIL), EVIL),
+    "/status-000": b"HTTP/1.1 000 X\r\nContent-Length: %d\r\n\r\n%s" % (len(EVIL), EVIL),
+    "/status-600": b"HTTP/1.1 600 X\r\nContent-Length: 2\r\n\r\nok",
+    "/status-999": b"HTTP/1.1 999 X\r\nContent-Length: 2\r\n\r\nok",
+    # transfer codings other than chunked alone (nginx: "upstream sent unknown Transfer-Encoding")
+    "/te-gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                        b"5\r\nhello\r\n0\r\n\r\n",
+    "/te-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n"
+                b"hello",
+}
+# A complete response and, in the same write, more: the connection is out of step.
+AFTER_THE_END: dict[str, tuple[bytes, int, bytes]] = {
+    "/extra-response": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" + EVIL, 200, b"hi"),
+    "/extra-head": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+                    b"HTTP/1.1 200 OK\r\nX-Evil: 1\r\n", 200, b"hi"),
+    "/extra-junk": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi\x00junk", 200, b"hi"),
+    "/extra-after-204": (b"HTTP/1.1 204 No Content\r\n\r\n" + EVIL, 204, b""),
+    "/extra-interim": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+                       b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n", 200, b"hi"),
+}
+
+
+def _hostile(upstream: RawUpstream, peer: _Peer, record: dict[str, Any]) -> bool:
+    path = record["path"]
+    if record["method"] == "HEAD":  # a HEAD response with a body after its head
+        return peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody" + EVIL)
+    if not upstream.read_body(peer, record):
+        return False
+    if path in HOSTILE:
+        peer.send(HOSTILE[path])
+        return not path.startswith("/te-gzip")  # close-delimited: ends with the connection
+    if path in AFTER_THE_END:
+        return peer.send(AFTER_THE_END[path][0])
+    return upstream.echo(peer, record)
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[RawUpstream]:
+    server = RawUpstream(_hostile)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def hostile_gateway(start_gateway, hostile):
+    return start_gateway({"gateway": {"upstream": hostile.url, "upstream_idle_timeout": "30"}})
+
+
+def _two_requests(gateway, context, first: bytes, head_only: bool = False
+                  ) -> tuple[list[Any], bytes]:
+    """*first* and then ``GET /after`` on one client connection: the responses and the rest."""
+    with tls_connect(gateway.port, context) as tls:
+        tls.sendall(first)
+        data, _ = read_until_closed(tls, READ, until=lambda d: bool(
+            [r for r in parse_responses(d, (head_only,))[0] if r.status >= 200]))
+        tls.sendall(FOLLOW_UP)
+        more, _ = read_until_closed(tls, READ)
+    responses, rest = parse_responses(data + more, (head_only, False))
+    return responses, rest
+
+
+def _no_traceback(gateway) -> None:
+    log = gateway.log()
+    assert "Unhandled" not in log and "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("path", sorted(HOSTILE))
+def test_an_invalid_status_code_or_transfer_coding_is_a_502_and_nothing_of_it_reaches_the_client(
+        path, hostile_gateway, hostile, alice):
+    responses, rest = _two_requests(hostile_gateway, alice, _get(path, close=False))
+    assert [r.status for r in responses] == [502, 200] and rest == b"", (responses, rest)
+    assert responses[0].body == b"502 Bad Gateway: upstream-error\n"
+    assert json.loads(responses[1].body)["path"] == "/after"
+    assert "upstream_status=upstream-error" in _access_line(hostile_gateway, path)
+    _no_traceback(hostile_gateway)
+
+
+@pytest.mark.parametrize("path", sorted(AFTER_THE_END))
+def test_bytes_after_a_complete_upstream_response_close_that_connection(
+        path, hostile_gateway, hostile, alice):
+    _, code, body = AFTER_THE_END[path]
+    hostile.clear()
+    responses, rest = _two_requests(hostile_gateway, alice, _get(path, close=False))
+    assert [r.status for r in responses] == [code, 200] and rest == b"", (responses, rest)
+    assert responses[0].body == body
+    after = json.loads(responses[1].body)
+    assert after["path"] == "/after"
+    # The connection that carried the response was closed, not reused for /after.
+    used = hostile.find(path=path)[0]["conn"]
+    assert after["conn"] != used
+    wait_for(lambda: [e for e in hostile.events if e["kind"] == "eof" and e["conn"] == used],
+             "the gateway to close the out-of-step upstream connection")
+    _no_traceback(hostile_gateway)
+
+
+def test_a_head_response_with_bytes_after_it_closes_that_connection(hostile_gateway, hostile,
+                                                                    alice):
+    hostile.clear()
+    responses, rest = _two_requests(hostile_gateway, alice,
+                                    _get("/head-body", close=False, method=b"HEAD"),
+                                    head_only=True)
+    assert [r.status for r in responses] == [200, 200] and rest == b"", (responses, rest)
+    assert responses[0].header("Content-Length") == ["4"] and responses[0].body == b""
+    used = hostile.find(path="/head-body")[0]["conn"]
+    assert json.loads(responses[1].body)["conn"] != used
+    wait_for(lambda: [e for e in hostile.events if e["kind"] == "eof" and e["conn"] == used],
+             "the gateway to close the out-of-step upstream connection")
+    _no_traceback(hostile_gateway)

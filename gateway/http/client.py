@@ -10,7 +10,12 @@ and it pauses reading the upstream while the client cannot take more.
 
 Response heads are bounded: over ``max_head_size`` bytes (status line and header lines without
 line ends) or :data:`MAX_HEADER_COUNT` header lines, the response is refused
-(``upstream-head-too-large``), as nginx and Envoy answer 502 for such a head.
+(``upstream-head-too-large``), as nginx and Envoy answer 502 for such a head. A status code
+outside 100-599 (RFC 9110 §15) or a transfer coding other than ``chunked`` alone (nginx's
+"upstream sent unknown Transfer-Encoding") is ``upstream-error``. A connection is reused only
+when nothing follows its response: any byte after the end of a response (a second response in
+the same read included) means the upstream is out of step, and the connection is closed once
+the response it did complete is delivered.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ class _HeadTooLargeError(Exception):
 
 class _HeadDone(Exception):  # noqa: N818  (a signal, not an error)
     """Stops llhttp after the head of a response that has no body (a response to HEAD)."""
+
+
+class _OutOfStep(Exception):  # noqa: N818  (a signal, not an error)
+    """Stops llhttp at the start of a message nobody asked for (after a complete response)."""
+
+
+class _InvalidHeadError(Exception):
+    """A final response head the gateway refuses (its text is the log's detail)."""
 
 
 @implementer(IPushProducer)
@@ -66,6 +79,7 @@ class UpstreamConnection(Protocol):
         self._status = 0
         self._headers: list[Header] = []
         self._got_bytes = False  # any byte of the current response
+        self._complete = False  # llhttp saw the end of the final response (in this read)
         self._response_done = False
         self._keep_alive = True
         self._reading_paused = False
@@ -103,18 +117,29 @@ class UpstreamConnection(Protocol):
             context = exc.__context__
             if isinstance(context, _HeadTooLargeError):
                 self._fail("upstream-head-too-large", "response head too large")
+            elif isinstance(context, _InvalidHeadError):
+                self._fail("upstream-error", str(context))
             elif isinstance(context, _HeadDone):
+                # Reused only if the head ended this read (a HEAD response is its head alone;
+                # a head split oddly across reads merely costs the connection).
+                self._keep_alive = self._keep_alive and data.endswith(b"\r\n\r\n")
                 self._finish_response()
+            elif isinstance(context, _OutOfStep):
+                self._finish_out_of_step()
             else:
                 raise
             return
         except httptools.HttpParserError as exc:
-            if self._status and not self._in_head:
+            if self._complete:  # bytes after a complete response that are not even HTTP
+                self._finish_out_of_step()
+            elif self._status and not self._in_head:
                 self._broke(f"malformed response body: {exc}")
             else:
                 self._fail("upstream-error", f"malformed response head: {exc}")
             return
-        if self._in_head:
+        if self._complete:
+            self._finish_response()
+        elif self._in_head:
             self._raw += len(data)
             if self._raw > 2 * self.upstream.settings.max_head_size + 65536:
                 self._fail("upstream-head-too-large", "response head too large")
@@ -151,6 +176,7 @@ class UpstreamConnection(Protocol):
         self._head_bytes = self._head_count = self._raw = 0
         self._in_head = True
         self._got_bytes = False
+        self._complete = False
         self._response_done = False
         self._keep_alive = True
         self._chunked_body = request.length is None
@@ -237,6 +263,8 @@ class UpstreamConnection(Protocol):
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._complete or self.request is None:
+            raise _OutOfStep
         self._in_head = True
         self._headers = []
         self._head_bytes = self._head_count = 0
@@ -261,7 +289,10 @@ class UpstreamConnection(Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         request = self.request
-        assert request is not None
+        if request is None:  # cancelled while this read was being parsed
+            raise _OutOfStep
+        if not 100 <= status <= 599:
+            raise _InvalidHeadError(f"invalid status code {status}")
         if status < 200:
             if status != 101:
                 request.sink.upstream_informational(status, self._headers)
@@ -273,9 +304,13 @@ class UpstreamConnection(Protocol):
         self._expire_kind = "read"
         self.deadline = (self.upstream.sweep.now() + settings.read_timeout
                          if settings.read_timeout else None)
+        codings = [c.strip().lower() for n, v in self._headers
+                   if n.lower() == b"transfer-encoding" for c in v.split(b",")]
+        if codings and codings != [b"chunked"]:
+            coding = b", ".join(codings).decode("latin-1")
+            raise _InvalidHeadError(f"unsupported transfer coding {coding!r}")
         length = _content_length(self._headers)
-        self._close_delimited = length is None and not any(
-            n.lower() == b"transfer-encoding" for n, _ in self._headers)
+        self._close_delimited = length is None and not codings
         request.response_head(status, self._headers, length)
         if request.method == b"HEAD" and status not in (204, 304):
             raise _HeadDone
@@ -286,7 +321,7 @@ class UpstreamConnection(Protocol):
 
     def on_message_complete(self) -> None:
         if self._status:
-            self._finish_response()
+            self._complete = True  # finished once llhttp has seen the rest of this read
 
     # -- endings -------------------------------------------------------------------------------
 
@@ -300,6 +335,14 @@ class UpstreamConnection(Protocol):
         request.response_end()
         self.request = None
         self.upstream.release(self, reusable)
+
+    def _finish_out_of_step(self) -> None:
+        """More bytes came after a complete response: deliver it, never reuse the connection."""
+        self._keep_alive = False
+        if self.request is not None and self._complete:
+            self._finish_response()
+        else:
+            self.abort()
 
     def _fail(self, kind: str, detail: str) -> None:
         request = self.request

@@ -10,8 +10,9 @@ first) or a new one, and reports to its sink (the :class:`~gateway.http.exchange
 * **Safe retry.** A request is sent again, once, on a new connection when a reused pooled
   connection fails before any byte of the response arrived and the request may be repeated:
   an idempotent method (RFC 9110 §9.2.2: ``GET``, ``HEAD``, ``PUT``, ``DELETE``, ``OPTIONS``,
-  ``TRACE``) whose body is still in hand (at most 64 KiB, kept for that), or any request not yet
-  written at all. A ``POST`` that was written is never repeated (502).
+  ``TRACE``) whose body is still in hand (at most 64 KiB, kept for that). Any other request
+  (``POST``, ``PATCH``, ``CONNECT``, an extension method), with a body or without, is never
+  repeated once its head was written (502): whether the upstream acted on it cannot be known.
 * **Failures** reach the sink as one kind: ``upstream-unreachable`` (connect refused, timed out,
   DNS), ``upstream-error`` (TLS, closed before the head, malformed head), ``timeout`` (no head
   within ``upstream_response_timeout``), ``upstream-head-too-large``; after the head, as a break.
@@ -170,7 +171,6 @@ class UpstreamRequest:
         self.body_complete = length == 0
         self._held: list[bytes] = []  # body bytes not yet written (or kept for a retry)
         self._held_bytes = 0
-        self._sent_bytes = 0  # body bytes written on the current connection
         self._retryable = method in IDEMPOTENT
         self._retried = False
         self._cancelled = False
@@ -205,7 +205,6 @@ class UpstreamRequest:
         self.connection = connection
         self.attached_at = time.monotonic()
         held = b"".join(self._held)
-        self._sent_bytes = len(held)
         if not self._retryable or self._held_bytes > RETRY_BODY_LIMIT:
             self._held, self._held_bytes = [], 0
         first = self.head + (self._encode(held) if held else b"")
@@ -228,9 +227,8 @@ class UpstreamRequest:
         self.connection = None
         if self._cancelled:
             return
-        repeatable = not got_bytes and connection.reused and not self._retried and (
-            (self._sent_bytes == 0 and not self._held) or (self._retryable
-            and self._held_bytes <= RETRY_BODY_LIMIT))
+        repeatable = (not got_bytes and connection.reused and not self._retried
+                      and self._retryable and self._held_bytes <= RETRY_BODY_LIMIT)
         if repeatable:
             self._retried = True
             self.upstream.dispatch(self)
@@ -259,7 +257,6 @@ class UpstreamRequest:
                 else:  # already written, and too much to keep for a retry
                     self._held, self._held_bytes = [], RETRY_BODY_LIMIT + 1
         if connection is not None:
-            self._sent_bytes += len(data)
             connection.write_body(data)
 
     def body_end(self) -> None:
