@@ -325,6 +325,24 @@ def test_a_connection_specific_field_is_a_stream_error_and_the_connection_serves
     assert sum("connection-specific" in line for line in peer.log) == 1
 
 
+def test_a_request_without_authority_or_host_is_a_stream_error_and_the_connection_serves_on():
+    # RFC 9113 §8.1.1 (h2 alone would end the connection); with a host alone it is served
+    peer = Peer(answer())
+    peer.client.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":path", "/")],
+                             end_stream=True)
+    peer.client.send_headers(3, [(":method", "GET"), (":scheme", "https"), (":path", "/"),
+                                 ("host", "gw.example")], end_stream=True)
+    peer.request(5)
+    peer.pump()
+    assert peer.resets() == {1: ErrorCodes.PROTOCOL_ERROR}
+    assert 1 not in peer.exchanges
+    assert (peer.status(3), peer.status(5)) == (b"200", b"200")
+    assert ("host", "gw.example") in [(n.decode(), v.decode())
+                                      for n, v in peer.exchanges[3].head.headers]
+    assert peer.goaway() is None and not peer.transport.lost
+    assert sum("no :authority and no host" in line for line in peer.log) == 1
+
+
 def test_a_connection_specific_trailer_field_resets_the_stream_and_tells_its_exchange():
     peer = Peer()
     peer.request(1, method="POST", end=False)

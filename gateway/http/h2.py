@@ -301,6 +301,7 @@ class H2Session:
             self._receive_goaway(frame)
             return
         self._decoder.held = None
+        self._decoder.no_authority = False
         for event in self._conn.receive_data(frame.data):
             self._receive_event(event)
             if self._closed:
@@ -348,6 +349,9 @@ class H2Session:
         malformed = connection_specific(held)
         if malformed is not None:
             self._stream_error(stream_id, f"connection-specific field {malformed!r}")
+            return
+        if self._decoder.no_authority:
+            self._stream_error(stream_id, "no :authority and no host")
             return
         if len(lengths) > 1 or (lengths and not (lengths[0].isdigit()
                                                  and int(lengths[0]) <= MAX_CONTENT_LENGTH)):

@@ -55,6 +55,10 @@ class FramingDecoder(Decoder):
     """
 
     held: list[Header] | None = None
+    # The last block was a request head (not CONNECT) without ``:authority`` or ``host``: h2
+    # got an empty ``host`` in its place, so that the session resets the stream (RFC 9113
+    # §8.1.1) where h2 would end the connection.
+    no_authority = False
 
     def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
         try:
@@ -74,6 +78,10 @@ class FramingDecoder(Decoder):
             else:
                 kept.append(header)
         self.held = held
+        self.no_authority = (b":method" in names and not names & {b":authority", b"host"}
+                             and (b":method", b"CONNECT") not in headers)
+        if self.no_authority:
+            kept.append(HeaderTuple(b"host", b""))
         return kept
 
 
