@@ -19,7 +19,7 @@ from h2.settings import SettingCodes
 from twisted.logger import Logger, formatEvent
 
 from gateway.config import Limits
-from gateway.http import h2frames
+from gateway.http import h2frames, h2headers
 from gateway.http.h2 import HIGH_WATER, MAX_STREAMS, H2Session
 
 LIMITS = Limits(idle_timeout=60, header_timeout=10, max_head_size=8192, max_body_size=0,
@@ -341,6 +341,42 @@ def test_a_request_without_authority_or_host_is_a_stream_error_and_the_connectio
                                       for n, v in peer.exchanges[3].head.headers]
     assert peer.goaway() is None and not peer.transport.lost
     assert sum("no :authority and no host" in line for line in peer.log) == 1
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("authorization", "Bearer TOPSECRET\r\n"),  # a control character in a value
+    (":path", "/x?token=TOPSECRET\x00"),
+    ("x-token", " TOPSECRET"),  # whitespace around a value
+])
+def test_a_protocol_error_about_a_header_value_never_logs_the_value(name, value):
+    # The connection ends (h2's own check), and the log line says why without the value: a
+    # token, or a query string, which the access log leaves out unless [log] query = yes.
+    peer = Peer()
+    headers = [(":method", "GET"), (":scheme", "https"), (":authority", "gw.example"),
+               (":path", "/")]
+    headers = [(n, v) for n, v in headers if n != name] + [(name, value)]
+    if name.startswith(":"):
+        headers.insert(0, headers.pop())
+    peer.client.send_headers(1, headers, end_stream=True)
+    peer.pump()
+    assert peer.goaway() == ErrorCodes.PROTOCOL_ERROR
+    lines = [line for line in peer.log if "GOAWAY(PROTOCOL_ERROR)" in line]
+    assert len(lines) == 1 and "bytes>" in lines[0], peer.log
+    assert not [line for line in peer.log if "TOPSECRET" in line], peer.log
+
+
+@pytest.mark.parametrize(("message", "logged"), [
+    ("Illegal character '\r' in header value: b'Bearer t\\r\\n'",
+     "Illegal character '\r' in header value: <10 bytes>"),
+    ("Invalid value for TE header: b\"it's\"", "Invalid value for TE header: <4 bytes>"),
+    ("Request header block has mismatched :authority and Host headers: b'a' / b'bc'",
+     "Request header block has mismatched :authority and Host headers: <1 bytes> / <2 bytes>"),
+    ("Received uppercase header name b'X-Foo'.", "Received uppercase header name b'X-Foo'."),
+    ("Received custom pseudo-header field b':" + "x" * 100 + "'",
+     "Received custom pseudo-header field b':" + "x" * 61 + "..."),
+])
+def test_protocol_error_text_keeps_names_and_drops_values(message, logged):
+    assert h2headers.protocol_error_text(message) == logged
 
 
 def test_a_connection_specific_trailer_field_resets_the_stream_and_tells_its_exchange():

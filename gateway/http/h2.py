@@ -51,8 +51,10 @@ from gateway.http.h2headers import (
     FramingDecoder,
     connection_specific,
     header_list_limit,
+    protocol_error_text,
     request_head,
     response_headers,
+    shown,
 )
 from gateway.http.stream import ClientConnection, Header, RequestHead
 from gateway.logfmt import clean
@@ -222,7 +224,7 @@ class H2Session:
         except (h2.exceptions.ProtocolError, HyperframeError) as e:
             # For a ProtocolError h2 has already queued its GOAWAY: _connection_error sends it.
             self._connection_error(getattr(e, "error_code", ErrorCodes.PROTOCOL_ERROR),
-                                   f"{type(e).__name__}: {e}")
+                                   f"{type(e).__name__}: {protocol_error_text(str(e))}")
         except Exception:
             self.log.failure("HTTP/2 connection from {peer}: unexpected error",
                              peer=self.connection.peer_host)
@@ -355,12 +357,12 @@ class H2Session:
             return
         if len(lengths) > 1 or (lengths and not (lengths[0].isdigit()
                                                  and int(lengths[0]) <= MAX_CONTENT_LENGTH)):
-            self._stream_error(stream_id, f"content-length {b', '.join(lengths)!r}")
+            self._stream_error(stream_id, f"content-length {shown(b', '.join(lengths))}")
             return
         pseudo = dict(h for h in headers if h[0].startswith(b":"))
         if pseudo.get(b":method") != b"CONNECT" and pseudo.get(b":scheme") not in (b"https",
                                                                                   b"http"):
-            self._stream_error(stream_id, f":scheme {pseudo.get(b':scheme')!r}")
+            self._stream_error(stream_id, f":scheme {shown(pseudo.get(b':scheme'))}")
             return
         content_length = 0 if ended else int(lengths[0]) if lengths else None
         if ended and lengths and int(lengths[0]) != 0:

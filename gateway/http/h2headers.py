@@ -4,6 +4,7 @@ heads for ``h2``; pure, no I/O.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterable
 
@@ -22,6 +23,37 @@ _NOT_FORWARDED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b
                             b"transfer-encoding", b"te", b"trailer", b"content-length"})
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+
+
+# h2's messages that quote a header *name* (kept, shortened); any other quotes values.
+_NAMES_ONLY = re.compile(r"header name|pseudo-header|Connection-specific header field|mandatory")
+_QUOTED = re.compile(r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\"")
+MAX_QUOTED_NAME = 64  # characters of a quoted header name kept in a log line
+
+
+def protocol_error_text(message: str) -> str:
+    """*message* of an ``h2`` ``ProtocolError`` for the log, without the header values it
+    quotes: a value (an ``authorization`` token, a ``:path`` with its query) becomes
+    ``<N bytes>``; a quoted name is kept, cut to :data:`MAX_QUOTED_NAME` characters."""
+    if _NAMES_ONLY.search(message):
+        return _QUOTED.sub(lambda m: m[0] if len(m[0]) <= MAX_QUOTED_NAME
+                           else f"{m[0][:MAX_QUOTED_NAME]}...", message)
+    return _QUOTED.sub(lambda m: f"<{len(_unquoted(m[0]))} bytes>", message)
+
+
+def shown(value: bytes | None) -> str:
+    """A client's *value* in a log line: its ``repr``, the first 32 bytes only."""
+    if value is None or len(value) <= 32:
+        return repr(value)
+    return f"{value[:32]!r}... ({len(value)} bytes)"
+
+
+def _unquoted(quoted: str) -> bytes:
+    try:
+        value = ast.literal_eval(quoted)
+    except (ValueError, SyntaxError):
+        return quoted.encode()
+    return value if isinstance(value, bytes) else quoted.encode()
 
 
 def header_list_limit(limits: Limits) -> int:
