@@ -412,6 +412,7 @@ class GatewayMetrics:
         self._pools: Sample = list
         self._workers: Path | None = None  # the supervisor's directory of worker snapshots
         self._retired: dict[str, dict[tuple[str, ...], Any]] = {}  # exited workers' counts
+        self._reasons: dict[str, set[str]] = {}  # the supervisor: denial reasons shown, by route
 
         # Counted where requests are served (single, worker).
         self.requests = Family(
@@ -545,8 +546,25 @@ class GatewayMetrics:
                     _add(self._kind(name), totals[name], values, value)
             for path in self._workers.glob("worker-*.json"):
                 self._fold(totals, path, gauges=True)
+            totals[self.denials.name] = self._bounded_reasons(totals[self.denials.name])
         for family in (*self.request_side, *self.serving_side):
             yield family.exposed(totals[family.name])
+
+    def _bounded_reasons(self, denials: dict[tuple[str, ...], Any]) -> dict[tuple[str, ...], Any]:
+        """The workers' denial counts added up, with at most :data:`MAX_DENIAL_REASONS` reasons
+        per route across every worker, those of exited ones included, as one process keeps
+        them: a reason first seen once a route shows that many counts as ``other`` from then
+        on, so that every series only grows."""
+        bounded: dict[tuple[str, ...], Any] = {}
+        for (route, reason), value in denials.items():
+            shown = self._reasons.setdefault(route, set())
+            if reason != OTHER_REASON and reason not in shown:
+                if len(shown) < MAX_DENIAL_REASONS:
+                    shown.add(reason)
+                else:
+                    reason = OTHER_REASON
+            bounded[(route, reason)] = bounded.get((route, reason), 0.0) + value
+        return bounded
 
     def _kind(self, name: str) -> str:
         return next(f.kind for f in self.request_side if f.name == name)

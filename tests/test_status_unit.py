@@ -380,6 +380,41 @@ def test_worker_snapshots_add_up_in_the_supervisor(tmp_path: Path, monkeypatch) 
     assert list(GatewayMetrics("worker").registry.collect()) == []
 
 
+def test_denial_reasons_stay_bounded_across_workers_and_their_restarts(tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    import os
+
+    supervisor = GatewayMetrics("supervisor")
+    supervisor.read_workers(str(tmp_path))
+    get = supervisor.registry.get_sample_value
+
+    def worker(pid: int, first: int) -> None:  # 100 denials, each with a reason of its own
+        metrics = GatewayMetrics("worker")
+        listener = metrics.listener("main")
+        for i in range(first, first + 100):
+            listener.request(_exchange("api", 403, Decision(False, f"r-{i}", "remote"), "-"))
+        monkeypatch.setattr(os, "getpid", lambda: pid)
+        metrics.write_snapshot(str(tmp_path))
+
+    def reasons() -> dict[str, float]:
+        families = {f.name: f for f in supervisor.registry.collect()}
+        return {s.labels["reason"]: s.value for s in families["mtlsgw_denials"].samples
+                if s.name.endswith("_total")}
+
+    worker(101, 0)
+    worker(102, 1000)
+    first = reasons()
+    assert len(first) == 65 and sum(first.values()) == 200  # 64 reasons and "other"
+    supervisor.retire(101)  # a restart: its replacement invents new reasons
+    worker(103, 2000)
+    later = reasons()
+    assert len(later) == 65 and sum(later.values()) == 300
+    # Every series shown before only grew (a counter), and the same reasons are shown.
+    assert set(later) == set(first)
+    assert all(later[r] >= v for r, v in first.items())
+    assert get("mtlsgw_denials_total", {"route": "api", "reason": "other"}) == 300 - 64
+
+
 def test_reload_and_crl_gauges(tmp_path: Path) -> None:
     from cryptography import x509 as cx509
     from cryptography.hazmat.primitives import hashes
