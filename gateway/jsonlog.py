@@ -37,6 +37,7 @@ from twisted.logger import LogEvent, eventAsText
 
 from gateway.accesslog import BufferedLogObserver
 from gateway.identity import ClientIdentity
+from gateway.logfmt import logged
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
@@ -225,7 +226,7 @@ def request_members(exchange: Any, duration_ms: float, query: bool) -> str:
     the same for many requests (listener and route, decision, connection) are encoded once.
     """
     head = exchange.head
-    target = head.target if query else head.target.split(b"?", 1)[0]
+    target = logged(head.target if query else head.target.split(b"?", 1)[0])
     decision = exchange.decision
     route = exchange.route
     if decision is None:
@@ -244,7 +245,7 @@ def request_members(exchange: Any, duration_ms: float, query: bool) -> str:
                     f'"status":{"null" if status == "-" else _scalar(status)},{timed}}}')
     routed = _route_members(exchange.listener.name, route.name if route is not None else None)
     return (f'"request_id":{_string(exchange.request_id)},{routed},{decided},'
-            f'"method":{_string(head.method.decode("latin-1"))},'
+            f'"method":{_string(logged(head.method).decode("latin-1"))},'
             f'"target":{_string(target.decode("latin-1"))},'
             f'"version":{_string(head.version.decode("latin-1"))},'
             f'"status":{_scalar(exchange.status)},"upstream":{upstream},'

@@ -12,6 +12,14 @@ from typing import Any
 
 _KEEP = frozenset(range(0x20, 0x7F)) - {ord("%"), ord('"')}
 _UNSAFE = re.compile(rb'[^\x20-\x7e]|[%"]')
+MAX_LOGGED = 4096  # bytes of a request's method or target kept in its access line or record
+
+
+def logged(value: bytes) -> bytes:
+    """A request's method or target as its access line and JSON record show it: the first
+    :data:`MAX_LOGGED` bytes, then ``...`` when it is longer (an HTTP/2 ``:path`` may be
+    ~64 KiB; journald splits a line over its ``LineMax``, 48 KiB by default)."""
+    return value if len(value) <= MAX_LOGGED else value[:MAX_LOGGED] + b"..."
 
 
 def clean(value: str | bytes) -> str:

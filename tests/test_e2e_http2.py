@@ -184,6 +184,11 @@ def test_http2_request_head_over_max_head_size_is_431_on_its_stream(start_gatewa
     small = [*base, (":path", "/small")]
     assert _h2_exchange(gateway, pki, [big, small]) == [b"431", b"200"]
     assert [r["path"] for r in upstream.requests] == ["/small"]
+    # A 60 KB :path is refused as well, and its access line shows its first 4 KiB only.
+    long_path = [*base, (":path", "/long-" + "p" * 60_000)]
+    assert _h2_exchange(gateway, pki, [long_path]) == [b"431"]
+    line = next(ln for ln in gateway.wait_log("/long-").splitlines() if "/long-" in ln)
+    assert f'path="/long-{"p" * 4090}..." ' in line and len(line) < 5000, len(line)
 
 
 def test_http2_100_continue_only_after_authorization(gateway, pki, upstream):

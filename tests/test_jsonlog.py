@@ -183,6 +183,23 @@ def test_a_request_record_says_null_for_what_did_not_happen(changes, expected):
     assert {key: record[key] for key in expected} == expected
 
 
+def test_a_request_records_method_and_target_are_cut_to_4_kib_so_journald_keeps_the_line():
+    # An HTTP/2 :path may be ~64 KiB (answered 431, still logged): journald's LineMax (48 KiB)
+    # would split the line into two entries, neither of them JSON.
+    head = SimpleNamespace(method=b"M" * 10_000, target=b"/" + b"\xe9" * 60_000 + b"?q=1",
+                           version=b"HTTP/2")
+    for query in (False, True):
+        line = json_line({"log_time": 1.0, "log_level": LogLevel.info,
+                          "log_namespace": "mtlsgw.access", "log_format": "{access}",
+                          "mtlsgw_request": request_members(_exchange(head=head), 1.0, query)})
+        assert len(line) < 48 * 1024
+        record = json.loads(line)
+        VALIDATOR.validate(record)
+        assert record["target"] == "/" + "\xe9" * 4095 + "..."
+        assert record["method"] == "M" * 4096 + "..."
+    assert _record(_exchange())["target"] == '/a"b\\c\n\xe9'  # a short one is whole
+
+
 def test_a_request_record_encodes_a_connections_members_once():
     connection = _exchange().connection
     first = _record(_exchange(connection=connection))

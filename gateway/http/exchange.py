@@ -36,7 +36,7 @@ from gateway.http.pool import Upstream, UpstreamRequest
 from gateway.http.problem import PROBLEM_JSON, problem_body, wants_problem_json
 from gateway.http.stream import ClientStream, Header, RequestHead
 from gateway.jsonlog import request_members
-from gateway.logfmt import clean
+from gateway.logfmt import clean, logged
 from gateway.pathnorm import normalize_target
 from gateway.requestid import REQUEST_ID, new_request_id, trusted_request_id
 from gateway.routes import upstream_target
@@ -445,8 +445,8 @@ class Exchange:
         subject = _clean_subject(identity.subject) if identity else "-"
         head = self.head
         return (
-            f'request peer={self.connection.peer_host} method="{clean(head.method)}" '
-            f'path="{clean(head.target)}" subject="{subject}" '
+            f'request peer={self.connection.peer_host} method="{clean(logged(head.method))}" '
+            f'path="{clean(logged(head.target))}" subject="{subject}" '
             f"fingerprint={identity.fingerprint_sha256 if identity else '-'} "
             f"route={self.route.name if self.route else '-'} decision={verdict} "
             f"reason={reason} authorizer={authorizer} "
