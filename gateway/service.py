@@ -231,6 +231,7 @@ class GatewayService(MultiService):
         self._reactor = reactor
         settings = generation.settings
         self._limits = settings.limits
+        self._started = settings  # as started: what the restart-only keys are compared with
         self.creator = ServerConnectionCreator(generation.context) if generation.context else None
         self.factories: dict[str, Listener] = {}
         self.sweep = generation.sweep
@@ -409,14 +410,16 @@ class GatewayService(MultiService):
             return False
         if self.operations is not None:
             new = self.operations.instrument(new)
-        if new.settings.limits != old.settings.limits or (
-                new.settings.tls and old.settings.tls
-                and new.settings.tls.handshake_timeout != old.settings.tls.handshake_timeout):
+        # Restart-only keys: compared with what runs, so that a file put back says nothing.
+        started = self._started
+        if new.settings.limits != started.limits or (
+                new.settings.tls and started.tls
+                and new.settings.tls.handshake_timeout != started.tls.handshake_timeout):
             log.warn("reload: limits or handshake_timeout changed; that takes effect on restart")
-        if new.settings.log != old.settings.log:
+        if new.settings.log != started.log:
             log.warn("reload: [log] changed; that takes effect on restart")
         if not self._worker and (new.settings.workers, new.settings.workers_auto) != (
-                old.settings.workers, old.settings.workers_auto):  # a supervisor says it once
+                started.workers, started.workers_auto):  # a supervisor says it once
             log.warn("reload: workers changed; that takes effect on restart")
         self.generation = new
         if self.creator is not None:

@@ -120,6 +120,28 @@ def test_sighup_reloads_and_a_broken_reload_keeps_serving(start_gateway, pki):
     assert gateway.process.poll() is None
 
 
+@pytest.mark.parametrize(("key", "value", "warning"), [
+    ("drain_timeout", "5", "reload: limits or handshake_timeout changed"),
+    ("workers", "2", "reload: workers changed"),
+])
+def test_a_restart_only_change_warns_until_the_file_is_put_back(start_gateway, key, value,
+                                                                 warning):
+    # Compared with what runs, not with the last file loaded: putting it back says nothing.
+    gateway = start_gateway()
+    text = gateway.config.read_text()
+
+    def reload(config: str, count: int) -> str:
+        gateway.config.write_text(config)
+        gateway.process.send_signal(signal.SIGHUP)
+        return str(wait_for(lambda: gateway.log().count("reloaded configuration") == count
+                            and gateway.log(), f"reload {count}"))
+
+    changed = text.replace("[gateway]\n", f"[gateway]\n{key} = {value}\n", 1)
+    assert reload(changed, 1).count(warning) == 1
+    assert reload(text, 2).count(warning) == 1
+    assert reload(changed, 3).count(warning) == 2
+
+
 def test_reload_refuses_to_change_a_listener(start_gateway, pki):
     gateway = start_gateway()
     text = gateway.config.read_text()
