@@ -29,8 +29,9 @@ def new_request_id() -> str:
 
 def trusted_request_id(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """The client's ``X-Request-Id`` (any case, spelled with ``-``) if it sent exactly one and it
-    is well-formed (:data:`WELL_FORMED`); ``None`` otherwise (the gateway makes its own)."""
-    found = [value for name, value in headers if name.lower() == _NAME]
+    is well-formed (:data:`WELL_FORMED`) once the whitespace around it is taken off (not part of
+    a field value: RFC 9110 §5.5); ``None`` otherwise (the gateway makes its own)."""
+    found = [value.strip(b" \t") for name, value in headers if name.lower() == _NAME]
     if len(found) != 1 or WELL_FORMED.fullmatch(found[0]) is None:
         return None
     return found[0].decode("ascii")

@@ -289,6 +289,8 @@ def test_new_request_ids_are_128_random_bits_in_hex():
     ([(b"x-request-id", b"A.b_c:d-1")], "A.b_c:d-1"),
     ([(b"X-Request-Id", b"a" * 128)], "a" * 128),
     ([(b"X-Request-Id", b"a" * 129)], None),
+    ([(b"X-Request-Id", b"abc \t")], "abc"),  # whitespace around a value is not part of it
+    ([(b"X-Request-Id", b" a b ")], None),
     ([(b"X-Request-Id", b"")], None),
     ([(b"X-Request-Id", b"a b")], None),
     ([(b"X-Request-Id", b"a\x01")], None),
