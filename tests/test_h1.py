@@ -71,3 +71,15 @@ def test_a_request_line_split_over_reads_is_still_checked():
     assert events == [(b"GET", b"/split-line", 0, False), "end"]
     with pytest.raises(RequestError):
         parse(b"GET  /split", b"-line HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+def test_whitespace_around_a_field_value_is_not_part_of_it():
+    # RFC 9112 §5: a Host with a space after it is the same host, and an id the same id
+    heads = []
+    recorder = Recorder()
+    recorder.request_head = heads.append  # type: ignore[method-assign]
+    RequestParser(recorder, 16384, 100).feed(
+        b"GET / HTTP/1.1\r\nHost:  localhost \t\r\nX-Request-Id: abc  \r\nX-Empty: \r\n"
+        b"X-Inner: a  b\r\n\r\n")
+    assert heads[0].headers == [(b"Host", b"localhost"), (b"X-Request-Id", b"abc"),
+                                (b"X-Empty", b""), (b"X-Inner", b"a  b")]

@@ -195,7 +195,8 @@ class RequestParser:
         elif lower == b"expect":
             self._expect = self._expect or value.strip().lower() == b"100-continue"
             return  # answered by the gateway itself, after authorization; never forwarded
-        self._headers.append((name, value))
+        # llhttp leaves the whitespace after a value, which is not part of it (RFC 9112 §5)
+        self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         if self._synthetic:
