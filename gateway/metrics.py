@@ -266,6 +266,17 @@ class ListenerMetrics:
         if exchange.sent_bytes:
             metrics.response_bytes.value += exchange.sent_bytes
 
+    def refused(self, status: int) -> None:
+        """Count an HTTP/1.1 request refused while its head was read (400, 408, 431; no
+        exchange, no route), as ``route="-"``, ``decision="-"``: what HTTP/2 counts for the
+        same refusals, which answer one stream."""
+        metrics = self._none
+        key = status * 4
+        counter = metrics.requests.get(key)
+        if counter is None:
+            counter = metrics.request_counter(key, status, 0)
+        counter.value += 1
+
     def handshake_completed(self, seconds: float) -> None:
         """A TLS handshake succeeded after *seconds*."""
         self._handshakes_ok.value += 1

@@ -23,6 +23,7 @@ from harness import (
     client_context,
     free_port,
     https_request,
+    raw_exchange,
     tls_connect,
     wait_for,
 )
@@ -161,6 +162,29 @@ def test_counters_after_a_known_sequence(start_gateway, pki):
     text = status_get(status_port, "/metrics")[2].decode()
     for secret in ("alice", "bob", "127.0.0.1", "/dead/x", alice.serial_number.__str__()):
         assert f'"{secret}"' not in text
+
+
+def test_http11_requests_refused_while_their_head_is_read_are_counted(start_gateway, pki):
+    # 400, 431 and 408 before any exchange: route and decision "-", as HTTP/2 counts them
+    status_port = free_port()
+    gateway = start_gateway({"status": status_section(status_port),
+                             "gateway": {"header_timeout": "1", "max_header_count": "5"}})
+    files = pki.alice()
+    context = client_context(pki.ca, files.cert, files.key)
+    many = b"".join(b"X-H-%d: v\r\n" % i for i in range(6))
+    for request in (b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header: x\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: localhost\r\n" + many + b"\r\n",
+                    b"GET / HTTP/1.1\r\nHost: local"):  # and then nothing: 408
+        assert raw_exchange(gateway.port, context, request, DEADLINE).startswith(b"HTTP/1.1 4")
+
+    def counted() -> Samples | None:
+        samples = scrape(status_port)
+        return samples if sum(named(samples, "mtlsgw_requests_total").values()) == 3 else None
+
+    samples = wait_for(counted, "three refused requests counted")
+    for code in ("400", "431", "408"):
+        assert value(samples, "mtlsgw_requests_total", listener="main", route="-", code=code,
+                     decision="-") == 1, code
 
 
 def test_expiry_gauges_equal_the_certificates_not_after(start_gateway, pki):

@@ -554,6 +554,8 @@ class ServerProtocol(Protocol):
         log.info("request rejected peer={peer} status={status} reason={reason} "
                  "request_id={request_id}", peer=peer_address(self.transport), status=status,
                  reason=reason, request_id=request_id)
+        if self.listener.metrics is not None:
+            self.listener.metrics.refused(status)
         self._closing = True
         self.close()
 
