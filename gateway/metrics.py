@@ -70,11 +70,12 @@ _VERDICTS = ("-", "allow", "deny")
 @functools.lru_cache(maxsize=256)
 def upstream_failure(status: str) -> str | None:
     """The ``kind`` of an access line's non-numeric ``upstream_status``, or ``None`` when it is
-    no upstream failure (``-``, ``client-gone``): ``upstream-unreachable``, ``upstream-error``,
-    ``timeout``, ``upstream-head-too-large``, or ``aborted`` (``<code>-aborted``: the response
-    was cut after its head)."""
-    if status.endswith("-client-gone"):
-        status = status[: -len("-client-gone")]
+    no upstream failure (``-``, ``client-gone``, ``drain-timeout``): ``upstream-unreachable``,
+    ``upstream-error``, ``timeout``, ``upstream-head-too-large``, or ``aborted``
+    (``<code>-aborted``: the response was cut after its head)."""
+    for ended in ("-client-gone", "-drain-timeout"):  # the client side ended it
+        if status.endswith(ended):
+            status = status[: -len(ended)]
     if status.endswith("-aborted"):
         return "aborted"
     return status if status in UPSTREAM_FAILURES else None

@@ -378,7 +378,7 @@ class GatewayService(MultiService):
             for channel in list(factory.connections):
                 if channel.busy:
                     log.warn("drain timeout: aborting connection with a request in flight")
-                channel.abort()
+                channel.abort("drain-timeout")
 
     def reload(self) -> bool:
         """Re-read the config file; on success new connections and requests use it.

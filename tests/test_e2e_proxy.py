@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import socket
 import subprocess
 import urllib.parse
@@ -12,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from harness import (
+    DEADLINE,
     client_context,
     curl,
     free_port,
@@ -190,6 +192,27 @@ def test_client_going_away_cancels_the_upstream_request(gateway, pki, upstream):
     ended = wait_for(lambda: [r for r in upstream.requests if "hold_ended_by_peer" in r],
                      "the upstream to see the gateway hang up")
     assert ended == [{"hold_ended_by_peer": True}]
+
+
+def test_a_request_still_in_flight_at_drain_timeout_is_aborted_and_logged_as_such(
+        start_gateway, pki, upstream):
+    gateway = start_gateway({"gateway": {"drain_timeout": "1"}})
+    upstream.clear()
+    alice = pki.alice()
+    context = client_context(pki.ca, alice.cert, alice.key)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        upstream.last()  # the upstream has the request, and holds it
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(DEADLINE) == 0
+    log = gateway.log()
+    assert "drain timeout: aborting connection with a request in flight" in log
+    line = next(ln for ln in log.splitlines() if 'path="/hold"' in ln)
+    # The gateway ended it, not the client: never "client-gone"
+    assert " upstream_status=drain-timeout " in line and "client-gone" not in line, line
+    assert wait_for(lambda: [r for r in upstream.requests if "hold_ended_by_peer" in r],
+                    "the upstream to see the gateway hang up") == [{"hold_ended_by_peer": True}]
 
 
 def test_dead_upstream_gives_502(start_gateway, pki):

@@ -205,6 +205,7 @@ def test_probe_interval(window: float, interval: float) -> None:
     ("upstream-unreachable", "upstream-unreachable"), ("upstream-error", "upstream-error"),
     ("timeout", "timeout"), ("upstream-head-too-large", "upstream-head-too-large"),
     ("200-aborted", "aborted"), ("--client-gone", None),
+    ("drain-timeout", None), ("200-drain-timeout", None), ("200-aborted-drain-timeout", "aborted"),
 ])
 def test_upstream_failure_kinds(status: str, kind: str | None) -> None:
     assert upstream_failure(status) == kind

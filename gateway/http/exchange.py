@@ -195,8 +195,9 @@ class Exchange:
             self._relay.client_gone()
         if self.upstream is not None:
             self.upstream.cancel()
-        self.upstream_status = ("client-gone" if self.upstream_status == "-"
-                                else f"{self.upstream_status}-client-gone")
+        lost_as = self.connection.lost_as  # client-gone, or drain-timeout
+        self.upstream_status = (lost_as if self.upstream_status == "-"
+                                else f"{self.upstream_status}-{lost_as}")
         self._log_access()
 
     def pause_request_body(self) -> None:

@@ -184,6 +184,7 @@ class ServerProtocol(Protocol):
         self._draining = False  # SIGTERM: no request after the current one
         self._gone = False
         self._stopped = False  # closing: nothing more is read or answered
+        self.lost_as = "client-gone"
         self._closed = False  # close() was called
         self._before_stall: tuple[float | None, Callable[[], None]] = (None, self._idle)
         self._h2_busy_timer = False  # the HTTP/2 timer was set with streams open
@@ -406,8 +407,11 @@ class ServerProtocol(Protocol):
             return not self._h2.idle()
         return self._takeover is not None or (self._current is not None and not self._closed)
 
-    def abort(self) -> None:
-        """Drop the connection at once (TCP reset)."""
+    def abort(self, lost_as: str | None = None) -> None:
+        """Drop the connection at once (TCP reset); *lost_as*: what its requests in flight are
+        logged as, in place of ``client-gone``."""
+        if lost_as is not None:
+            self.lost_as = lost_as
         self._stopped = True
         if not self._gone:
             self.transport.abortConnection()

@@ -61,7 +61,8 @@ class ClientConnection(Protocol):
     (no certificate, or a plain listener); ``server_name`` the SNI sent, or ``None``;
     ``tls`` whether the listener is TLS; ``peer_host`` the client's IP address as text
     (``"unix"`` for a Unix socket); ``listener`` the :class:`~gateway.http.server.Listener`
-    (routes, limits, reactor, access log).
+    (routes, limits, reactor, access log); ``lost_as`` what a request it loses is logged as
+    (``upstream_status``): ``client-gone``, or ``drain-timeout`` when the gateway dropped it.
     """
 
     identity: ClientIdentity | None
@@ -69,6 +70,7 @@ class ClientConnection(Protocol):
     tls: bool
     peer_host: str
     listener: Any
+    lost_as: str
 
     @property
     def peer_chain(self) -> tuple[bytes, ...]:
