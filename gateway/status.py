@@ -208,6 +208,9 @@ class StatusProtocol(Protocol):
 
     def _respond(self, head: RequestHead) -> None:
         path = head.target.split(b"?", 1)[0]
+        scheme, absolute, rest = path.partition(b"://")
+        if absolute and scheme.lower() in (b"http", b"https"):
+            path = b"/" + rest.partition(b"/")[2]  # absolute-form: its path (RFC 9112 §3.2.2)
         handler = self.factory.operations.pages.get(path)
         if handler is None:
             self._answer(404, b"404 Not Found\n")

@@ -215,6 +215,11 @@ def test_healthz_readyz_and_404(start_gateway):
     status, headers, _ = status_get(status_port, "/metrics", "POST")
     assert status == 405
     assert headers["Allow"] == "GET, HEAD"
+    # absolute-form, which a server must accept (RFC 9112 §3.2.2)
+    assert status_get(status_port, f"http://127.0.0.1:{status_port}/healthz?x")[::2] == (
+        200, b"ok\n")
+    assert status_get(status_port, "HTTP://localhost/readyz")[::2] == (200, b"ready\n")
+    assert status_get(status_port, "http://localhost")[0] == 404
     # Plain HTTP only: a TLS client hello gets no handshake (no certificate is ever asked for).
     context = ssl.create_default_context()
     context.check_hostname = False
