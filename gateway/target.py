@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 
 _HOST = re.compile(
-    rb"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._~!$&'()*+,;=%-]+))(?::[0-9]{1,5})?")
+    rb"^(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._~!$&'()*+,;=%-]+))(?::(?P<port>[0-9]{1,5}))?")
 
 
 # RFC 9112 §3.2: no spaces, controls or raw non-ASCII; no fragment (RFC 9110 §7.1).
@@ -54,7 +54,8 @@ def check_request(
         return 400, "multiple-host-headers"
     if not hosts:
         return (400, "missing-host") if version == b"HTTP/1.1" else None
-    if not _HOST.fullmatch(hosts[0]):
+    host = _HOST.fullmatch(hosts[0])
+    if host is None or int(host["port"] or 0) > 65535:
         return 400, "invalid-host"
     if server_name is not None and host_name(hosts[0]) != server_name.lower().rstrip("."):
         return 421, "misdirected-request"
