@@ -249,7 +249,29 @@ def test_peer_outside_trusted_proxies_is_refused(tmp_path: Path, pki: conftest.T
         # A malformed header: closed.
         with pytest.raises((OSError, ssl.SSLError)):
             get(gateway.port, alice, "/bad", "127.0.0.1", b"PROXY TCP4 nonsense\r\n")
+        # Addresses that are not IP addresses never reach a header or a log line: a line feed
+        # in one was an X-Client-Role header of the client's choosing at the upstream.
+        for forged in (b"PROXY TCP4 9.9.9.9\nX-Client-Role:admin 5.6.7.8 1 2\r\n",
+                       b"PROXY TCP4 1.2.3.4,6.6.6.6 127.0.0.1 1 443\r\n",
+                       b"PROXY TCP4 \xff 127.0.0.1 1 443\r\n"):
+            with pytest.raises((OSError, ssl.SSLError)):
+                get(gateway.port, alice, "/forged", "127.0.0.1", forged)
+        log = gateway.wait_log("refusing connection peer=127.0.0.1: malformed PROXY protocol")
+        assert "X-Client-Role" not in log and "Traceback" not in log and "Unhandled" not in log
         assert [r["path"] for r in upstream.requests] == ["/v1"]
+        # A header sent in two segments, the first of 3 bytes, is read whole (tests/
+        # test_proxied.py splits it at every byte; the kernel may merge these two).
+        upstream.clear()
+        raw = socket.create_connection(("127.0.0.1", gateway.port), timeout=DEADLINE)
+        with raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.sendall(header[:3])
+            raw.sendall(header[3:])
+            with alice.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET /split HTTP/1.1\r\nHost: localhost\r\n"
+                            b"Connection: close\r\n\r\n")
+                assert tls.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert headers_of(upstream.last(), "X-Forwarded-For") == ["198.51.100.7"]
     finally:
         gateway.stop()
 
