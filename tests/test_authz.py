@@ -326,6 +326,18 @@ POLICY_CASES = [
 ]
 
 
+@pytest.mark.parametrize("order", [("h", "a"), ("a", "h")])
+def test_policy_all_keeps_an_http_authorizers_upstream_headers_in_any_order(order) -> None:
+    service = Scripted(Decision(True, "allowed", upstream_headers=((b"X-User-Team", b"ops"),),
+                                upstream_replaced=frozenset({b"x-user-team"})))
+    authorizers = {"h": service, "a": allows()}
+    for asked in (decided, lambda p: p.decide_now(None, REQUEST)):
+        decision = asked(policy("all", **{n: authorizers[n] for n in order}))
+        assert decision.allowed and decision.authorizer == order[-1]
+        assert decision.upstream_headers == ((b"X-User-Team", b"ops"),)
+        assert decision.upstream_replaced == {b"x-user-team"}
+
+
 def scripted(outcome: str) -> Scripted:
     return allows() if outcome == "allow" else denies(outcome.removeprefix("deny-"))
 

@@ -134,6 +134,37 @@ def test_asynchronous_leaves_continue_the_walk() -> None:
     assert fired == [Decision(True, "yes", "b")]
 
 
+SERVICE = Decision(True, "allowed", upstream_headers=((b"X-User-Team", b"ops"),),
+                   upstream_replaced=frozenset({b"x-user-team", b"x-user-role"}))
+
+
+@pytest.mark.parametrize("rule", ["all(h, a)", "all(a, h)", "all(h, all(a, b))",
+                                  "all(all(h, a), b)", "all(slow, h, a)", "all(h, slow)"])
+def test_all_keeps_the_upstream_headers_of_every_allow_whatever_its_place(rule: str) -> None:
+    # An http authorization service's headers (and the removal of the client's copies) were
+    # lost when another allow came after it: a forged X-User-Team then reached the application.
+    later: Deferred[Decision] = Deferred()
+    policy, _ = build(rule, h=SERVICE, a=ALLOW, b=ALLOW, slow=later)
+    result = policy.decide_now(ALICE, request_info())
+    if isinstance(result, Deferred):
+        fired: list[Decision] = []
+        result.addBoth(fired.append)
+        later.callback(ALLOW)
+        result = fired[0]
+    assert result.allowed
+    assert result.upstream_headers == ((b"X-User-Team", b"ops"),)
+    assert result.upstream_replaced == {b"x-user-team", b"x-user-role"}
+
+
+def test_under_all_a_later_allow_sets_a_header_both_name() -> None:
+    other = Decision(True, "allowed", upstream_headers=((b"x-user-team", b"dev"),),
+                     upstream_replaced=frozenset({b"x-user-team"}))
+    policy, _ = build("all(h, g)", h=SERVICE, g=other)
+    decision = now(policy)
+    assert decision.upstream_headers == ((b"x-user-team", b"dev"),)
+    assert decision.upstream_replaced == {b"x-user-team", b"x-user-role"}
+
+
 @pytest.mark.parametrize("rule", ["not(slow)", "any(slow, a)"])
 def test_an_asynchronous_fault_denies_the_whole_rule(rule: str) -> None:
     later: Deferred[Decision] = Deferred()

@@ -44,3 +44,18 @@ def failed(name: str, failure: Failure) -> Decision:
     """The denial ``authorizer-error`` of authorizer *name*, which raised or failed (logged)."""
     log.failure("authorizer {name} failed; denying", failure, name=name)
     return Decision(False, "authorizer-error", name)
+
+
+def joined(earlier: Decision | None, later: Decision) -> Decision:
+    """*later*, an allow that ``all`` combines after the allows up to *earlier*, carrying their
+    ``upstream_headers`` and ``upstream_replaced`` as well as its own: each of them was needed,
+    so the headers an ``http`` service adds (and the client copies it removes) apply whatever
+    its place in the list. For a name that both set, *later*'s value is sent."""
+    if earlier is None or not (earlier.upstream_headers or earlier.upstream_replaced):
+        return later
+    names = {name.lower() for name, _ in later.upstream_headers}
+    return attrs.evolve(
+        later,
+        upstream_headers=tuple(h for h in earlier.upstream_headers if h[0].lower() not in names)
+        + later.upstream_headers,
+        upstream_replaced=earlier.upstream_replaced | later.upstream_replaced)

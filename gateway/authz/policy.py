@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from gateway.authz.interfaces import ClientIdentity, Decision, RequestInfo
 from gateway.authz.outcome import checked as _checked
 from gateway.authz.outcome import failed as _failed
+from gateway.authz.outcome import joined
 from gateway.authz.registry import NamedAuthorizer
 from gateway.authz.rule import ExprAuthorizer, Limits
 from gateway.logfmt import clean
@@ -111,7 +112,7 @@ class Policy:
                 return decision
             if self.mode == "all" and not decision.allowed:
                 return decision
-            last = (last or decision) if self.mode == "any" else decision
+            last = (last or decision) if self.mode == "any" else joined(last, decision)
         return last or Decision.deny("no-authorizer")
 
     def _ask(
@@ -135,7 +136,7 @@ class Policy:
             if self.mode == "any":
                 # Report the first denial when nothing allows: it is the most specific reason.
                 return self._ask(index + 1, identity, request, last or decision)
-            return self._ask(index + 1, identity, request, decision)
+            return self._ask(index + 1, identity, request, joined(last, decision))
 
         return d.addCallback(next_step)
 

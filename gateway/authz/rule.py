@@ -4,7 +4,8 @@ The rule (grammar in :mod:`gateway.authz.expr`, matchers in :mod:`gateway.authz.
 parsed and built once, at start and on reload; per request it is a walk over prebuilt nodes:
 
 * ``all(a, b, ...)`` — asks left to right, stops at the first denial and returns it; when all
-  allow, the last allowing decision;
+  allow, the last allowing decision, with the upstream headers of every allow (an ``http``
+  authorizer's, whatever its place);
 * ``any(a, b, ...)`` — asks left to right, stops at the first allow and returns it; when none
   allows, the first denial;
 * ``not(a)`` — the opposite of *a*'s decision, with *a*'s reason and authorizer (so
@@ -37,7 +38,7 @@ from zope.interface import implementer
 from gateway.authz import matchers
 from gateway.authz.expr import COMBINATORS, MAX_DEPTH, ExprError, Node, parse
 from gateway.authz.interfaces import ClientIdentity, Decision, IAuthorizer, RequestInfo
-from gateway.authz.outcome import checked, failed
+from gateway.authz.outcome import checked, failed, joined
 from gateway.config import _BOOLEANS, AuthorizerSection
 
 FAULTS = frozenset({"authorizer-error", "authorizer-unavailable", "authorizer-busy",
@@ -123,18 +124,18 @@ class _All:
         for index in range(start, len(children)):
             result = children[index].eval(identity, request, limits)
             if not isinstance(result, Decision):  # a Deferred
-                return result.addCallback(self._resume, index, identity, request, limits)
+                return result.addCallback(self._resume, index, identity, request, limits, last)
             if not result.allowed:
                 return result
-            last = result
+            last = joined(last, result)
         assert last is not None
         return last
 
     def _resume(self, result: Decision, index: int, identity: Identity, request: RequestInfo,
-                limits: Limits) -> Outcome:
+                limits: Limits, last: Decision | None) -> Outcome:
         if not result.allowed:
             return result
-        return self.eval(identity, request, limits, index + 1, result)
+        return self.eval(identity, request, limits, index + 1, joined(last, result))
 
 
 @attrs.frozen
