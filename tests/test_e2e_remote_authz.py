@@ -301,6 +301,22 @@ def test_allowed_upstream_headers_reach_the_upstream_and_replace_the_clients(
     assert headers_of(seen, "X-Id-CN") == ["alice"]
 
 
+@pytest.mark.parametrize("authorize", [
+    {"policy": "all", "authorizers": "remote, team"},
+    {"policy": "any", "authorizers": "both"},  # rule = all(remote, team)
+])
+def test_under_all_the_services_headers_apply_when_another_authorizer_allows_after_it(
+        remote, service, pki, upstream, authorize):
+    gateway = remote(allowed_upstream_headers="X-User-Team", extra={
+        "authorize": authorize,
+        "authorizer:team": {"type": "cn", "allow": "alice"},
+        "authorizer:both": {"type": "expr", "rule": "all(remote, team)"}})
+    service.answer(lambda record: (200, [("X-User-Team", "ops")]))
+    status, _, _ = _get(gateway, pki, headers=[("X-User-Team", "admins-forged")])
+    assert status == 200
+    assert headers_of(upstream.last(), "X-User-Team") == ["ops"]
+
+
 def test_a_clients_copy_of_an_allowed_upstream_header_never_passes(remote, service, pki,
                                                                      upstream):
     # The service allows without sending X-User-Team: the application must not see the
