@@ -112,6 +112,14 @@ def test_a_fault_denies_the_whole_rule_whatever_surrounds_it(rule: str, result: 
     assert now(policy) == Decision(False, reason, "x")
 
 
+@pytest.mark.parametrize("rule", ["not(bad)", "any(not(bad), n)", "bad", "all(a, bad)"])
+def test_a_decision_with_a_reason_that_is_not_a_reason_id_is_a_fault(rule: str) -> None:
+    # a plugin's malformed answer, allow or deny, fails closed: not() does not invert it
+    for answer in (Decision.deny("no\nreason=ok"), Decision.allow("Allowed!")):
+        policy, _ = build(rule, bad=answer, a=ALLOW, n=DENY)
+        assert now(policy) == Decision(False, "invalid-reason-id", "bad"), (rule, answer)
+
+
 def test_an_invalid_svid_is_a_fault_too() -> None:
     policy, _ = build("not(spiffe(trust_domain=example.org))")
     assert now(policy) == Decision(False, "spiffe-invalid-svid", "r")

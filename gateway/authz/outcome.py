@@ -17,8 +17,9 @@ _REASON = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 def checked(name: str, result: object) -> Decision:
     """*result* as the :class:`Decision` of authorizer *name*: something that is not a Decision
-    is a denial ``authorizer-error``; a reason that is not a reason id (lowercase letters,
-    digits, ``.``, ``_``, ``-``; at most 64) becomes ``invalid-reason-id``."""
+    is a denial ``authorizer-error``; a decision whose reason is not a reason id (lowercase
+    letters, digits, ``.``, ``_``, ``-``; at most 64), an allow too, is a denial
+    ``invalid-reason-id``: a malformed answer fails closed, and ``not`` does not invert it."""
     if not isinstance(result, Decision):
         log.error("authorizer {name} returned {result!r}, not a Decision", name=name,
                   result=result)
@@ -27,7 +28,7 @@ def checked(name: str, result: object) -> Decision:
         # Reason ids go into the 403 body and the access line: keep them plain tokens.
         log.error("authorizer {name} gave reason {reason!r}, not a reason id", name=name,
                   reason=result.reason)
-        return Decision(result.allowed, "invalid-reason-id", name)
+        return Decision(False, "invalid-reason-id", name)
     try:
         return _named(name, result)
     except TypeError:  # an unhashable Decision subclass from a plugin

@@ -14,8 +14,9 @@ parsed and built once, at start and on reload; per request it is a walk over pre
 * a matcher — ``subject(...)``, ``method(...)``, … (its decisions name this rule's authorizer).
 
 **Fail closed.** A *fault* is a leaf that raised, failed its Deferred, did not decide within
-``[authorize] timeout``, returned something that is not a Decision, or denied with reason
-``authorizer-error``, ``authorizer-unavailable``, ``authorizer-busy`` or ``spiffe-invalid-svid``.
+``[authorize] timeout``, returned something that is not a Decision or a reason that is not a
+reason id (``invalid-reason-id``), or denied with reason ``authorizer-error``,
+``authorizer-unavailable``, ``authorizer-busy`` or ``spiffe-invalid-svid``.
 A fault ends the walk at once and is the rule's decision, a denial, whatever ``not`` or ``any``
 surrounds it.
 Leaves that the walk did not need (``any`` already allowed) are not asked.
@@ -42,7 +43,7 @@ from gateway.authz.outcome import checked, failed, joined
 from gateway.config import _BOOLEANS, AuthorizerSection
 
 FAULTS = frozenset({"authorizer-error", "authorizer-unavailable", "authorizer-busy",
-                    matchers.INVALID_SVID})
+                    "invalid-reason-id", matchers.INVALID_SVID})
 KEYS = frozenset({"rule", "shadow"})
 
 Identity = ClientIdentity | None
