@@ -52,6 +52,13 @@ def test_check_headers_without_certificate_or_host() -> None:
     assert not any(n == b"X-Forwarded-Host" for n, _ in headers)
 
 
+def test_check_headers_name_the_scheme_of_a_plain_listener() -> None:
+    # a request on a plain (tls = off) listener came over http, as its upstream is told
+    headers = check_headers(None, _request(tls=False), ())
+    assert (b"X-Forwarded-Proto", b"http") in headers
+    assert (b"X-Forwarded-Proto", b"https") not in headers
+
+
 def test_check_headers_refuse_a_control_byte() -> None:
     with pytest.raises(ValueError):
         check_headers(ALICE, _request(path="/a\r\nX: y"), ())
@@ -69,6 +76,7 @@ def test_cache_key_covers_everything_sent() -> None:
         cache_key(ALICE, _request(path="/b"), forward),
         cache_key(ALICE, _request(host="other"), forward),
         cache_key(ALICE, _request(client_address="10.0.0.1"), forward),
+        cache_key(ALICE, _request(tls=False), forward),
         cache_key(ALICE, _request(headers=[(b"X-Tenant", b"t1")]), forward),
     ]
     assert key not in others

@@ -54,7 +54,8 @@ class RequestInfo:
     pairs as received (the gateway's own identity headers not yet added, the client's not yet
     removed: never trust an identity header found here); ``request_id`` the request's
     ``X-Request-Id`` (32 hex digits, or the client's own on a ``trust_request_id`` listener), for
-    correlating logs, or ``None`` where there is no request (``mtlsgw inspect``).
+    correlating logs, or ``None`` where there is no request (``mtlsgw inspect``); ``tls``
+    whether the request came over TLS (``False`` on a plain listener, ``tls = off``).
     """
 
     method: str
@@ -64,6 +65,7 @@ class RequestInfo:
     client_address: str
     headers: Sequence[tuple[bytes, bytes]] = attrs.field(default=(), eq=False)
     request_id: str | None = attrs.field(default=None, eq=False)
+    tls: bool = True
 
 
 class IAuthorizer(Interface):

@@ -7,7 +7,8 @@ the usual nginx ``auth_request`` setups send it, with the original request descr
 
 * ``X-Forwarded-Method``, ``X-Forwarded-Uri`` (the path, without the query),
   ``X-Forwarded-Host`` (the client's ``Host``, when it sent one), ``X-Forwarded-Proto``
-  (``https``) and ``X-Forwarded-For`` (the client's address) — Traefik's names;
+  (``https``, or ``http`` on a plain listener) and ``X-Forwarded-For`` (the client's address) —
+  Traefik's names;
 * ``X-Request-Id``, the request's id (docs/configuration.md), so the service's log lines can be
   matched with the gateway's; a cached answer is reused across ids;
 * the identity headers the ``nginx`` format writes (``X-Client-Verify``, ``X-Client-Subject``,
@@ -72,7 +73,7 @@ def check_headers(identity: ClientIdentity | None, request: RequestInfo,
     headers = [(b"X-Forwarded-Method", method), (b"X-Forwarded-Uri", path)]
     if request.host is not None:
         headers.append((b"X-Forwarded-Host", request.host.encode("latin-1")))
-    headers.append((b"X-Forwarded-Proto", b"https"))
+    headers.append((b"X-Forwarded-Proto", b"https" if request.tls else b"http"))
     headers.append((b"X-Forwarded-For", request.client_address.encode("ascii")))
     if request.request_id is not None:  # for the service's logs; not part of the cache key
         headers.append((b"X-Request-Id", request.request_id.encode("ascii")))
@@ -89,11 +90,12 @@ def check_headers(identity: ClientIdentity | None, request: RequestInfo,
 def cache_key(identity: ClientIdentity | None, request: RequestInfo,
               forward: Sequence[bytes]) -> tuple[object, ...]:
     """The decision-cache key of a check: the certificate's fingerprint and everything else
-    :func:`check_headers` sends (method, path, host, client address, forwarded headers)."""
+    :func:`check_headers` sends (method, path, host, scheme, client address, forwarded
+    headers)."""
     forwarded = tuple((n.lower(), v) for n, v in request.headers if n.lower() in forward) \
         if forward else ()
     return (identity.fingerprint_sha256 if identity is not None else None, request.method,
-            request.path, request.host, request.client_address, forwarded)
+            request.path, request.host, request.tls, request.client_address, forwarded)
 
 
 def interpret(status: int, headers: Sequence[Header], reason_header: bytes,

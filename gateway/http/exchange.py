@@ -149,6 +149,7 @@ class Exchange:
             client_address=self.connection.peer_host,
             headers=head.headers,
             request_id=self.request_id,
+            tls=self.connection.tls,
         )
         decision = self.route.policy.decide_now(self.connection.identity, info)
         if isinstance(decision, Deferred):
