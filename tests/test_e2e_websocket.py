@@ -105,6 +105,7 @@ class EchoServer:
 
     A request without ``Upgrade`` gets a plain 200 (body ``plain``) and the connection closes.
     Paths: ``/reject…`` answers 400 with a Content-Length body and keeps the connection open;
+    ``/stall…`` answers 200 with a body that stops after 7 bytes, and waits;
     ``/chunked-reject…`` answers 426 with a chunked body and keeps it open; ``/greet…`` sends a
     text frame in the same write as its 101; anything else upgrades. Upgraded connections echo
     every data frame back unmasked, answer pings, and answer a close frame with one and close.
@@ -161,6 +162,10 @@ class EchoServer:
                 body = b"no websocket here\n"
                 sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                self._wait_for_peer(sock, path)
+                return
+            if path.startswith("/stall"):  # a refusal whose body stops half way
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
                 self._wait_for_peer(sock, path)
                 return
             if path.startswith("/chunked-reject"):
@@ -352,6 +357,20 @@ def test_upstream_refusing_the_upgrade_is_passed_on_then_closed(gateway, echo, p
     wait_for(lambda: "peer-closed" in echo.seen(path), "the upstream connection to be closed")
     log = gateway.wait_log(f'path="{path}"')
     assert f"status={status} upstream_status={status}" in log
+
+
+def test_a_refusal_whose_body_stalls_is_cut_after_upstream_read_timeout(start_gateway, echo,
+                                                                         pki):
+    # The client connection no longer speaks HTTP once taken over, so no other timeout ends it
+    gateway = start_gateway({"gateway": {"upstream": echo.url, "upstream_read_timeout": "1"}})
+    tls, head, reader = open_websocket(gateway, pki.alice(), pki, "/stall")
+    with tls:
+        rest, closed = read_until_closed(tls, DEADLINE)
+    assert closed
+    assert (head + reader.buffer + rest).startswith(b"HTTP/1.1 200 ")
+    assert (head + reader.buffer + rest).endswith(b"partial")  # cut: nothing passes for an end
+    wait_for(lambda: "peer-closed" in echo.seen("/stall"), "the upstream connection to close")
+    gateway.wait_log("upstream response to an upgrade stalled peer=127.0.0.1")
 
 
 def test_request_without_upgrade_token_is_proxied_as_plain_http(gateway, echo, pki):

@@ -242,15 +242,21 @@ class _Pauser:
     connection is gone) calls *on_stop* instead of dropping the producer's connection abruptly,
     so the relay can close it cleanly (TLS close_notify after pending data)."""
 
-    def __init__(self, transport: Any, on_stop: Callable[[], None]) -> None:
+    def __init__(self, transport: Any, on_stop: Callable[[], None],
+                 on_pause: Callable[[bool], None] | None = None) -> None:
         self._transport = transport
         self._on_stop = on_stop
+        self._on_pause = on_pause  # told True on pause, False on resume
 
     def pauseProducing(self) -> None:  # noqa: N802
         self._transport.pauseProducing()
+        if self._on_pause is not None:
+            self._on_pause(True)
 
     def resumeProducing(self) -> None:  # noqa: N802
         self._transport.resumeProducing()
+        if self._on_pause is not None:
+            self._on_pause(False)
 
     def stopProducing(self) -> None:  # noqa: N802
         self._on_stop()
@@ -266,7 +272,7 @@ class _UpgradeRelay(Protocol):
     transport: Any  # the upstream connection: TCP, or TLS over TCP; None until connected
 
     def __init__(self, channel: Any, head: bytes, reactor: Any, response_timeout: float,
-                 max_head: int = MAX_RESPONSE_HEAD) -> None:
+                 max_head: int = MAX_RESPONSE_HEAD, read_timeout: float = 0.0) -> None:
         # *channel*: the client connection, with ``transport`` and ``take_over(reader, on_lost)``
         # (gateway.http.server.ServerProtocol).
         self.channel = channel
@@ -281,6 +287,9 @@ class _UpgradeRelay(Protocol):
         self._chunked: ChunkedEnd | None = None
         self._connecting: Deferred[Any] | None = None
         self._timer: Any = None
+        # A response other than 101 is cut after read_timeout s without a byte of it (0: never).
+        self._read_timeout = read_timeout
+        self._stall: Any = None
         # Per side: "closing" once the relay asked it to close, "gone" once it is closed.
         self._client_closing = False
         self._client_gone = False
@@ -356,6 +365,8 @@ class _UpgradeRelay(Protocol):
             self._from_upstream += len(data)
             self.client.write(data)
         elif self._state == "body":
+            if self._stall is not None:
+                self._stall.reset(self._read_timeout)
             self._body(data)
         elif self._state == "head":
             self._buffer += data
@@ -399,7 +410,8 @@ class _UpgradeRelay(Protocol):
         pending: bytes = self.channel.take_over(self._client_data if forward else _ignore,
                                          self._client_lost)
         assert self.transport is not None
-        self.client.registerProducer(_Pauser(self.transport, self._close_upstream), True)
+        self.client.registerProducer(
+            _Pauser(self.transport, self._close_upstream, self._upstream_paused), True)
         if forward:
             self.transport.registerProducer(_Pauser(self.client, self._close_client), True)
         return pending
@@ -425,6 +437,7 @@ class _UpgradeRelay(Protocol):
     def _pass_through(self, head: ResponseHead) -> None:
         self._state = "body"
         self._take_over(forward=False)
+        self._upstream_paused(False)
         self.client.write(head.raw)
         kind, _ = self._framing
         if kind == "chunked":
@@ -458,10 +471,26 @@ class _UpgradeRelay(Protocol):
         else:
             self.client.write(data)
 
+    def _upstream_paused(self, paused: bool) -> None:
+        """The response body's read timeout runs while the upstream is read (not while the
+        client is too slow to take more)."""
+        _cancel(self._stall)
+        self._stall = None
+        if self._state == "body" and self._read_timeout and not paused:
+            self._stall = self._reactor.callLater(self._read_timeout, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall = None
+        log.warn("upstream response to an upgrade stalled peer={peer}: no bytes within "
+                 "upstream_read_timeout ({seconds:g} s)", peer=self._peer,
+                 seconds=self._read_timeout)
+        self._body_done(truncated=True)
+
     def _body_done(self, truncated: bool) -> None:
         if self._state != "body":
             return
         self._state = "closed"
+        _cancel(self._stall)
         if truncated:
             # Like the proxy path: never let a truncated body pass for a complete one.
             self._unregister()
@@ -504,6 +533,7 @@ class _UpgradeRelay(Protocol):
         self._closed_by = self._closed_by or "client"
         if self._state == "body":
             self._state = "closed"
+            _cancel(self._stall)
         self._close_upstream()
         self._log_end()
 
@@ -580,7 +610,7 @@ def relay(exchange: Any, method: bytes, target: bytes, headers: Sequence[Header]
         head = b""
     connection = exchange.stream.connection
     upgrade = _UpgradeRelay(connection, head, reactor, settings.response_timeout,
-                            settings.max_head_size)
+                            settings.max_head_size, settings.read_timeout)
     if not head:
         return upgrade
     def failed(failure: Failure) -> None:
