@@ -142,6 +142,41 @@ def test_a_restart_only_change_warns_until_the_file_is_put_back(start_gateway, k
     assert reload(changed, 3).count(warning) == 2
 
 
+@pytest.mark.parametrize("where", ["route", "http-authorizer"])
+def test_an_encrypted_client_key_for_an_upstream_is_one_line_and_never_prompts(
+        tmp_path, pki, upstream, where):
+    # OpenSSL's loader asks for a passphrase on the terminal: a reload from one blocked
+    from cryptography.hazmat.primitives.serialization import (
+        BestAvailableEncryption,
+        Encoding,
+        PrivateFormat,
+        load_pem_private_key,
+    )
+
+    files = pki.alice()
+    key = load_pem_private_key(files.key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
+                                            BestAvailableEncryption(b"secret")))
+    sections = base_sections(pki, upstream.url)
+    sections["gateway"]["listen"] = "tcp:9:interface=127.0.0.1"  # refused before it is bound
+    if where == "route":
+        sections["gateway"].update({"upstream": "https://127.0.0.1:9",
+                                    "upstream_ca": str(pki.ca),
+                                    "upstream_certificate": str(files.cert),
+                                    "upstream_private_key": str(encrypted)})
+    else:
+        sections["authorize"]["authorizers"] = "remote"
+        sections["authorizer:remote"] = {"type": "http", "url": "https://127.0.0.1:9/check",
+                                         "ca": str(pki.ca), "certificate": str(files.cert),
+                                         "private_key": str(encrypted)}
+    line = refused_start(_write(tmp_path, sections))
+    assert "is encrypted; give an unencrypted PEM key" in line, line
+    assert "pass phrase" not in line
+    if where == "http-authorizer":
+        assert "[authorizer:remote] private_key" in line, line
+
+
 def test_reload_refuses_to_change_a_listener(start_gateway, pki):
     gateway = start_gateway()
     text = gateway.config.read_text()

@@ -351,7 +351,8 @@ class _HTTPType:
             try:
                 tls = UpstreamTLS(settings.upstream)
             except ConfigError as exc:
-                key = "certificate" if settings.upstream.certificate is not None else "ca"
+                key = ("private_key" if "upstream_private_key" in str(exc) else
+                       "certificate" if settings.upstream.certificate is not None else "ca")
                 raise OptionError(key, str(exc)) from None
         return HTTPAuthorizer(settings, tls)
 
