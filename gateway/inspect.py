@@ -51,6 +51,8 @@ class CertificateFileError(ValueError):
 def read_pem_certificates(path: Path) -> list[bytes]:
     """The DER of every PEM certificate in *path*, in order; raises
     :class:`CertificateFileError` when there is none or one is not base64."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise CertificateFileError(f"{path}: not a regular file")  # a FIFO would block
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -337,6 +337,15 @@ def test_missing_or_malformed_file_is_a_config_error(
     assert "\n" not in message
 
 
+def test_a_fifo_for_the_file_is_a_config_error_without_blocking(tmp_path: Path) -> None:
+    # reading it would block: check-config, the start, and a reload (the whole reactor) hung
+    os.mkfifo(tmp_path / "allow.txt")
+    with pytest.raises(ConfigError) as caught:
+        build_authorizers([_section(tmp_path, path="allow.txt")], {"file": file_type})
+    assert str(caught.value) == (f"{tmp_path}/gw.ini: [authorizer:allow] path = 'allow.txt': "
+                                 f"not a regular file: {tmp_path}/allow.txt")
+
+
 def test_path_is_required(tmp_path: Path) -> None:
     with pytest.raises(OptionError):
         file_type.build_in("allow", {}, BuildContext(tmp_path))

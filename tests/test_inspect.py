@@ -268,3 +268,13 @@ def test_issuer_sha256_sees_the_verified_issuer_without_a_chain(tmp_path, pki, u
     status, out, err = _inspect(pki.alice().cert, config)
     assert status == 0, out + err
     assert "allow (reason issuer-sha256-matched, authorizer rooted)" in out
+
+
+def test_a_fifo_is_no_certificate_file_and_does_not_block(tmp_path: Path) -> None:
+    import os
+
+    from gateway.inspect import CertificateFileError, read_pem_certificates
+
+    os.mkfifo(tmp_path / "leaf.pem")
+    with pytest.raises(CertificateFileError, match="not a regular file"):
+        read_pem_certificates(tmp_path / "leaf.pem")

@@ -384,6 +384,8 @@ class _FileType:
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = context.config_dir / path
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise OptionError("path", f"not a regular file: {path}")  # a FIFO would block
         try:
             return FileAuthorizer(path)
         except AllowlistError as exc:
