@@ -13,6 +13,7 @@ parse). The authorizer sections are validated by the authorizer types themselves
 from __future__ import annotations
 
 import configparser
+import inspect
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -563,9 +564,16 @@ def _server_endpoint(loc: Location, kind: str,
     from twisted.internet.endpoints import _parseServer
 
     try:
-        _kind, args, kwargs = _parseServer(description, None)
+        parser, args, kwargs = _parseServer(description, None)
+        if not isinstance(parser, str):  # a plugin's parser (tcp6:, …): bind its arguments now
+            # (tcp6's parseStreamServer takes *args and passes them to its _parseServer)
+            parse = getattr(parser, "_parseServer", parser.parseStreamServer)
+            inspect.signature(parse).bind(None, *args, **kwargs)
     except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
-        raise loc.error(f"not a Twisted server endpoint description ({exc!s})") from None
+        hint = "; write ':' in an IPv6 address as '\\:'" if kind == "tcp6" else ""
+        raise loc.error(f"not a Twisted server endpoint description ({exc!s}{hint})") from None
+    if kind == "unix" and args and not Path(str(args[0])).parent.is_dir():
+        raise loc.error(f"no directory {Path(str(args[0])).parent} for the socket")
     if kind not in ("tcp", "tcp6"):
         return None, kwargs
     try:
@@ -588,9 +596,15 @@ def _loopback_only(kind: str, kwargs: Mapping[str, object]) -> bool:
         return False
 
 
+_URL_TEXT = re.compile(r"[\x21-\x7e]+")
+
+
 def _upstream(section: _Section, base: Path) -> UpstreamSettings:
     raw = section.require("upstream")
     loc = section.location.at("upstream", raw)
+    if not _URL_TEXT.fullmatch(raw):  # the path goes into request lines as it is
+        raise loc.error("must be printable ASCII without spaces: percent-encode the path, "
+                        "write a name as IDNA (xn--...)")
     try:
         parts = urlsplit(raw)
         port = parts.port
@@ -600,8 +614,12 @@ def _upstream(section: _Section, base: Path) -> UpstreamSettings:
         raise loc.error("must start with http:// or https://")
     if not parts.hostname:
         raise loc.error("has no host")
-    if parts.query or parts.fragment or parts.username or parts.password:
+    if "@" in parts.netloc or "?" in raw or "#" in raw:
         raise loc.error("must not carry user info, query or fragment")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise loc.error(f"{parts.hostname!r} is not a valid host name") from None
     if port is None:
         port = 443 if parts.scheme == "https" else 80
     if port == 0:

@@ -389,7 +389,10 @@ class GatewayService(MultiService):
         old = self.generation
         try:
             new = load_generation(old.settings.path, self._reactor, self.sweep)
-        except config.ConfigError as exc:
+        except Exception as exc:  # a ConfigError, or a bug: either way the old state stays
+            if not isinstance(exc, config.ConfigError):
+                log.failure("reload failed")
+                exc = config.ConfigError(f"{old.settings.path}: {type(exc).__name__}: {exc}")
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc), mtlsgw_record=reload_record(
                           "refused", str(old.settings.path), str(exc)))

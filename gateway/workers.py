@@ -467,7 +467,10 @@ class Supervisor(Service):
 
         try:
             new = validate(self.settings.path).settings
-        except config.ConfigError as exc:
+        except Exception as exc:  # a ConfigError, or a bug: either way the old state stays
+            if not isinstance(exc, config.ConfigError):
+                log.failure("reload failed")
+                exc = config.ConfigError(f"{self.settings.path}: {type(exc).__name__}: {exc}")
             log.error("reload refused, keeping the running configuration: {error}",
                       error=str(exc), mtlsgw_record=reload_record(
                           "refused", str(self.settings.path), str(exc)))

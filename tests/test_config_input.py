@@ -35,6 +35,11 @@ def test_list_items_may_be_on_separate_lines():
     [
         ("ssl:8443:privateKey=k.pem", "the gateway adds TLS itself"),
         ("tcp:99999:interface=127.0.0.1", "the port must be between 0 and 65535"),
+        # each was a traceback at start (Twisted's tcp6 parser checks its arguments late)
+        ("tcp6:8443:interface=::1", "not a Twisted server endpoint description (multiple "
+         "values for argument 'interface'; write ':' in an IPv6 address as '\\:')"),
+        ("tcp6:8443:interface=\\:\\:1:speed=9", "not a Twisted server endpoint description"),
+        ("unix:/nonexistent-dir/gw.sock", "no directory /nonexistent-dir for the socket"),
     ],
 )
 def test_listen_values_that_would_fail_at_start_are_refused(tmp_path, listen, problem):

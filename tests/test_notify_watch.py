@@ -271,3 +271,31 @@ def test_a_file_that_is_not_a_regular_file_is_not_read(tmp_path):
     after = take([path], before)  # returns at once instead of waiting for a writer
     assert after[path] == FileState(None, None)
     assert changed(before, after) == [path]
+
+
+def test_a_reload_that_fails_with_an_unexpected_error_keeps_the_running_state(
+        tmp_path, pki, monkeypatch):
+    # Not a ConfigError (a bug, or a library raising something else): refused all the same,
+    # so that systemd gets READY=1 again and the old routes keep serving.
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import globalLogPublisher
+
+    from gateway import service as service_module
+
+    settings = load(tmp_path, pki)
+    gateway = service_module.build(settings.path, MemoryReactorClock())
+    running = gateway.generation
+
+    def broken(*args, **kwargs):
+        raise UnicodeError("label too long")
+
+    monkeypatch.setattr(service_module, "load_generation", broken)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert gateway.reload() is False
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert gateway.generation is running
+    refused = [e for e in events if "reload refused" in e.get("log_format", "")]
+    assert len(refused) == 1 and "UnicodeError: label too long" in refused[0]["error"]
