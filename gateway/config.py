@@ -28,8 +28,13 @@ class ConfigError(Exception):
     """A configuration mistake, with a one-line message for the operator.
 
     The message has the form ``FILE: [SECTION] KEY = 'VALUE': PROBLEM`` (key and value are left out
-    where the problem is with a whole section or file).
+    where the problem is with a whole section or file). A control character in it (from a
+    section or key name, a file name) is written escaped, ``\x1b``: it goes to a terminal or a
+    log as one line.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_CONTROL.sub(lambda m: repr(m[0])[1:-1], message))
 
 
 @attrs.frozen
@@ -55,8 +60,17 @@ class Location:
         return Location(self.path, self.section, key, value)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _number_text(raw: str) -> bool:
+    """Whether *raw* is written in ASCII without ``_`` (Python's ``int`` and ``float`` also
+    take ``1_0`` and other scripts' digits, ``１０``)."""
+    return raw.isascii() and "_" not in raw
 
 
 @attrs.frozen
@@ -344,6 +358,8 @@ class _Section:
         raw = self.get(key, str(default))
         assert raw is not None
         try:
+            if not _number_text(raw):
+                raise ValueError(raw)
             value = int(raw)
         except ValueError:
             raise self.location.at(key, raw).error("must be an integer") from None
@@ -355,6 +371,8 @@ class _Section:
         raw = self.get(key, str(default))
         assert raw is not None
         try:
+            if not _number_text(raw):
+                raise ValueError(raw)
             value = float(raw)
         except ValueError:
             raise self.location.at(key, raw).error("must be a number of seconds") from None
@@ -519,7 +537,7 @@ def _workers(section: _Section, listeners: Mapping[str, ListenerSettings]) -> tu
         count = available_cpus()
     else:
         try:
-            count = int(raw)
+            count = int(raw) if _number_text(raw) else 0
         except ValueError:
             count = 0
         if not 1 <= count <= MAX_WORKERS:
@@ -565,18 +583,17 @@ def _server_endpoint(loc: Location, kind: str,
 
     try:
         parser, args, kwargs = _parseServer(description, None)
-        if not isinstance(parser, str):  # a plugin's parser (tcp6:, …): bind its arguments now
-            # (tcp6's parseStreamServer takes *args and passes them to its _parseServer)
-            parse = getattr(parser, "_parseServer", parser.parseStreamServer)
-            inspect.signature(parse).bind(None, *args, **kwargs)
+        if kind == "tcp6":  # its parser checks its arguments only when the port is opened
+            inspect.signature(parser._parseServer).bind(None, *args, **kwargs)
     except Exception as exc:  # Twisted raises ValueError, KeyError, TypeError…
         hint = "; write ':' in an IPv6 address as '\\:'" if kind == "tcp6" else ""
         raise loc.error(f"not a Twisted server endpoint description ({exc!s}{hint})") from None
-    if kind == "unix" and args and not Path(str(args[0])).parent.is_dir():
-        raise loc.error(f"no directory {Path(str(args[0])).parent} for the socket")
     if kind not in ("tcp", "tcp6"):
         return None, kwargs
     try:
+        # Twisted's tcp: parser has made the port an int already (from ８４４３ too)
+        if not _number_text(description.split(":", 2)[1]):
+            raise ValueError(args[0])
         port = int(args[0])
     except (ValueError, TypeError, IndexError):
         raise loc.error("the port must be a number") from None

@@ -12,6 +12,7 @@ then closes what is left and exits.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Iterable, Mapping
@@ -198,14 +199,22 @@ def listener_endpoint(reactor: Any, listener: config.ListenerSettings,
     return _AcceptPendingEndpoint(endpoint)
 
 
-def cannot_listen(settings: config.GatewaySettings, exc: CannotListenError) -> NoReturn:
+def cannot_listen(settings: config.GatewaySettings, exc: CannotListenError | OSError) -> NoReturn:
     """Stop the start with one line naming the listener that could not listen, as for any other
-    configuration mistake, instead of a traceback; exit status 1."""
-    listen = next((x for x in settings.listeners if str(exc.port) in x.listen),
-                  settings.listeners[0])
+    configuration mistake, instead of a traceback; exit status 1. *exc* is Twisted's
+    ``CannotListenError`` (its port), or an ``OSError`` of a ``unix:`` socket (its file: the
+    directory does not exist, or is not writable)."""
+    if isinstance(exc, CannotListenError):
+        mark, problem = str(exc.port), str(exc.socketError)
+    else:  # Twisted's lock file is a symlink: filename2 is its path
+        name = os.fsdecode(exc.filename2 or exc.filename or "")
+        mark, problem = str(Path(name).parent), f"{exc.strerror}: {name}"
+    listen = next((x for x in settings.listeners if mark in x.listen), settings.listeners[0])
     section = "gateway" if listen.name == "main" else f"listener:{listen.name}"
-    sys.stderr.write(f"mtlsgw: {settings.path}: [{section}] listen = {listen.listen!r}: "
-                     f"cannot listen ({exc.socketError})\n")
+    # The process's own stderr, not twistd's log (which has taken sys.stderr over by now).
+    (sys.__stderr__ or sys.stderr).write(
+        f"mtlsgw: {settings.path}: [{section}] listen = {listen.listen!r}: "
+        f"cannot listen ({problem})\n")
     raise SystemExit(1) from None
 
 
@@ -268,12 +277,12 @@ class GatewayService(MultiService):
         # twistd opens the listening ports here (before dropping privileges).
         try:
             super().privilegedStartService()
-        except CannotListenError as exc:
+        except (CannotListenError, OSError) as exc:  # OSError: a unix: socket's lock file
             self._cannot_listen(exc)
         if self.operations is not None:
             self.operations.listen()
 
-    def _cannot_listen(self, exc: CannotListenError) -> None:
+    def _cannot_listen(self, exc: CannotListenError | OSError) -> None:
         cannot_listen(self.generation.settings, exc)
 
     def startService(self) -> None:  # noqa: N802

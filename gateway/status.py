@@ -362,8 +362,9 @@ class Operations:
         if results and isinstance(results[0], Failure):
             error = results[0].value
             problem = getattr(error, "socketError", None) or error
-            sys.stderr.write(f"mtlsgw: {self.status.location.path}: [status] listen = "
-                             f"{self.status.listen!r}: cannot listen ({problem})\n")
+            (sys.__stderr__ or sys.stderr).write(  # the process's, not twistd's log
+                f"mtlsgw: {self.status.location.path}: [status] listen = "
+                f"{self.status.listen!r}: cannot listen ({problem})\n")
             raise SystemExit(1)
         self._port = results[0] if results else None
 

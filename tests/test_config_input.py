@@ -39,7 +39,6 @@ def test_list_items_may_be_on_separate_lines():
         ("tcp6:8443:interface=::1", "not a Twisted server endpoint description (multiple "
          "values for argument 'interface'; write ':' in an IPv6 address as '\\:')"),
         ("tcp6:8443:interface=\\:\\:1:speed=9", "not a Twisted server endpoint description"),
-        ("unix:/nonexistent-dir/gw.sock", "no directory /nonexistent-dir for the socket"),
     ],
 )
 def test_listen_values_that_would_fail_at_start_are_refused(tmp_path, listen, problem):
@@ -90,3 +89,13 @@ def test_quickstart_with_the_upstream_port_taken_says_so_and_exits(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"mtlsgw: cannot start the demo upstream on 127.0.0.1:{port} ([Errno 98] Address already "
         "in use); choose another with --upstream-port"]
+
+
+def test_a_control_character_in_a_section_or_key_name_is_escaped_in_the_error(tmp_path):
+    # an ANSI escape in a typo'd name must not reach the terminal raw
+    path = tmp_path / "gw.ini"
+    sections = minimal()
+    sections["tsl\x1b[31mRED"] = {"certificate": "x"}
+    path = write_config(tmp_path, sections)
+    message = config_error(load, path)
+    assert "\x1b" not in message and "tsl\\x1b[31mRED" in message, message

@@ -204,6 +204,22 @@ def test_a_port_in_use_stops_the_start_with_one_line(tmp_path, pki, upstream):
     assert "Traceback" not in out + err
 
 
+def test_a_unix_socket_in_a_missing_directory_stops_the_start_with_one_line(tmp_path, pki,
+                                                                          upstream):
+    # The directory may come with the service (systemd's RuntimeDirectory=), so check-config
+    # accepts it; the start names the listener instead of Twisted's lock-file traceback.
+    sections = base_sections(pki, upstream.url)
+    sections["gateway"]["listen"] = f"unix:{tmp_path}/missing/gw.sock"
+    path = _write(tmp_path, sections)
+    process = run_twistd(path, None)
+    out, err = process.communicate(timeout=DEADLINE)
+    assert process.returncode == 1, out + err
+    assert err.strip().splitlines() == [
+        f"mtlsgw: {path}: [gateway] listen = 'unix:{tmp_path}/missing/gw.sock': cannot listen "
+        f"(No such file or directory: {tmp_path}/missing/gw.sock.lock)"], err
+    assert "Traceback" not in out + err
+
+
 def test_reuse_port_lets_two_gateways_share_a_port(tmp_path, pki, upstream):
     from harness import Gateway, free_port
 

@@ -239,6 +239,8 @@ def _seconds(options: Options, key: str, default: float, allow_zero: bool = Fals
     if not raw:
         return default
     try:
+        if not raw.isascii() or "_" in raw:  # float() takes 1_0 and other scripts' digits
+            raise ValueError(raw)
         value = float(raw)
     except ValueError:
         raise OptionError(key, "must be a number of seconds") from None
@@ -304,7 +306,7 @@ def parse_settings(name: str, options: Options, context: BuildContext) -> Remote
     if on_error not in ("deny", "allow"):
         raise OptionError("on_error", "must be deny or allow")
     raw_max = options.get("max_in_flight", "").strip() or "64"
-    if not raw_max.isdigit() or not 1 <= int(raw_max) <= 100000:
+    if not (raw_max.isascii() and raw_max.isdigit()) or not 1 <= int(raw_max) <= 100000:
         raise OptionError("max_in_flight", "must be an integer between 1 and 100000")
     reason_header = options.get("reason_header", "").strip() or "X-Authz-Reason"
     if header_name_problem(reason_header) is not None:
