@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -93,10 +94,28 @@ def _inspect(args: argparse.Namespace) -> int:
 def _dev_pki(args: argparse.Namespace) -> int:
     from gateway.pki import write_dev_pki
 
-    pki = write_dev_pki(Path(args.dir), client_cn=args.client_cn)
+    directory = Path(args.dir)
+    if (directory / "ca.pem").exists() and not args.force:
+        print(f"mtlsgw: {directory} holds a PKI already (ca.pem); --force replaces it, CA key "
+              "included", file=sys.stderr)
+        return 1
+    try:
+        pki = write_dev_pki(directory, client_cn=args.client_cn)
+    except OSError as exc:
+        print(f"mtlsgw: cannot write a PKI into {directory}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     print(f"wrote {pki.ca}, {pki.server_cert}, {pki.server_key}, {pki.client_cert}, "
           f"{pki.client_key}")
     return 0
+
+
+def _common_name(text: str) -> str:
+    """``--client-cn``: 1 to 64 printable ASCII characters (RFC 5280's ub-common-name), which
+    the gateway itself then accepts in a certificate."""
+    if not (1 <= len(text) <= 64 and text.isascii() and text.isprintable()):
+        raise argparse.ArgumentTypeError("must be 1 to 64 printable ASCII characters")
+    return text
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -109,7 +128,12 @@ def _quickstart(args: argparse.Namespace) -> int:
     from gateway.service import build
 
     directory = Path(args.dir).absolute()
-    pki = write_dev_pki(directory)
+    try:
+        pki = write_dev_pki(directory)
+    except OSError as exc:
+        print(f"mtlsgw: cannot write a PKI into {directory}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
     ini = directory / "gw.ini"
     ini.write_text(QUICKSTART_INI.format(port=args.port, upstream_port=args.upstream_port))
     try:
@@ -170,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     look.set_defaults(run=_inspect)
     pki = commands.add_parser("dev-pki", help="write a development PKI")
     pki.add_argument("dir")
-    pki.add_argument("--client-cn", default="alice")
+    pki.add_argument("--client-cn", default="alice", type=_common_name)
+    pki.add_argument("--force", action="store_true",
+                     help="replace a PKI already in DIR (its CA key too)")
     pki.set_defaults(run=_dev_pki)
     quick = commands.add_parser("quickstart", help="run a demo setup on https://localhost:8443")
     quick.add_argument("--dir", default=".mtlsgw-quickstart")
@@ -178,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--upstream-port", type=int, default=3000)
     quick.set_defaults(run=_quickstart)
     args = parser.parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:  # `mtlsgw check-config gw.ini | head -1`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
 
 
 if __name__ == "__main__":

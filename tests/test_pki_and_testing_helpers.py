@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,48 @@ def test_decide_refuses_an_unfired_deferred() -> None:
 def test_decide_reraises_the_authorizer_error(make_result) -> None:
     with pytest.raises(KeyError, match="boom"):
         decide(Returns(make_result()), None, request_info())
+
+
+def _mtlsgw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_dev_pki_keeps_an_existing_pki_unless_forced(tmp_path: Path) -> None:
+    assert _mtlsgw("dev-pki", str(tmp_path / "pki")).returncode == 0
+    ca = (tmp_path / "pki" / "ca.pem").read_bytes()
+    again = _mtlsgw("dev-pki", str(tmp_path / "pki"))
+    assert (again.returncode, again.stderr) == (1, (
+        f"mtlsgw: {tmp_path / 'pki'} holds a PKI already (ca.pem); --force replaces it, CA key "
+        "included\n"))
+    assert (tmp_path / "pki" / "ca.pem").read_bytes() == ca
+    assert _mtlsgw("dev-pki", "--force", str(tmp_path / "pki")).returncode == 0
+    assert (tmp_path / "pki" / "ca.pem").read_bytes() != ca
+
+
+@pytest.mark.parametrize("make", ["file", "cn-empty", "cn-control", "cn-long"])
+def test_dev_pki_mistakes_are_one_line(tmp_path: Path, make: str) -> None:
+    target, options = tmp_path / "pki", []
+    if make == "file":
+        target.write_text("not a directory")
+    else:
+        options = ["--client-cn", {"cn-empty": "", "cn-control": "a\x01b",
+                                   "cn-long": "a" * 65}[make]]
+    result = _mtlsgw("dev-pki", *options, str(target))
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr  # argparse: usage + line
+
+
+def test_check_config_into_a_closed_pipe_ends_without_a_traceback(tmp_path: Path) -> None:
+    pki = write_dev_pki(tmp_path / "pki")
+    ini = tmp_path / "gw.ini"
+    ini.write_text(f"[gateway]\nlisten = tcp:8443:interface=127.0.0.1\n"
+                   f"upstream = http://127.0.0.1:3000\n[tls]\ncertificate = {pki.server_cert}\n"
+                   f"private_key = {pki.server_key}\nclient_ca = {pki.ca}\n[authorize]\n"
+                   f"authorizers = team\n[authorizer:team]\ntype = cn\nallow = alice\n")
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "check-config", str(ini)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None
+    process.stdout.close()  # as `| head -0` would
+    _, err = process.communicate(timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err
