@@ -52,7 +52,10 @@ def validated(text: str) -> list[dict]:
 
 
 def records(gateway, event: str | None = None) -> list[dict]:
-    found = validated(gateway.log())
+    # While the gateway runs, its last line may be half written (a log shipper waits for the
+    # line feed as well): only complete lines count.
+    text = gateway.log()
+    found = validated(text[: text.rfind("\n") + 1])
     return [r for r in found if event is None or r["event"] == event]
 
 
