@@ -718,6 +718,19 @@ def _min_version(section: _Section) -> str:
     return canonical
 
 
+# Request headers an identity prefix must not own (RFC 9110, 9111, 6265, 6455, 9440, common ones).
+_ORDINARY_HEADERS = (
+    "accept", "accept-encoding", "accept-language", "authorization", "cache-control",
+    "connection", "content-encoding", "content-length", "content-type", "cookie", "expect",
+    "forwarded", "host", "if-match", "if-modified-since", "if-none-match", "if-range",
+    "if-unmodified-since", "origin", "pragma", "range", "referer", "sec-websocket-key",
+    "te", "traceparent", "transfer-encoding", "upgrade", "user-agent", "via",
+    # written by the gateway itself, next to the identity headers
+    "client-cert", "client-cert-chain", "x-forwarded-client-cert", "x-forwarded-for",
+    "x-forwarded-host", "x-forwarded-proto", "x-request-id",
+)
+
+
 def _headers(section: _Section, key: str = "prefix",
              defaults: HeaderSettings | None = None) -> HeaderSettings:
     prefix = section.get(key, defaults.prefix if defaults else "X-Client-")
@@ -725,6 +738,15 @@ def _headers(section: _Section, key: str = "prefix",
     if not _TOKEN.match(prefix):
         raise section.location.at(key, prefix).error(
             "must be a header-name prefix made of token characters (RFC 9110 §5.6.2)")
+    spelled = prefix.lower().replace("_", "-")
+    taken = "X-*" if spelled in ("x-", "x") else next(
+        (n for n in _ORDINARY_HEADERS if n.startswith(spelled)), None)
+    if taken is not None:
+        # The gateway owns (removes) every client header with the prefix: it would take one
+        # the application needs, or every X- header.
+        raise section.location.at(key, prefix).error(
+            f"would own the client's {taken} headers: choose a prefix of its own, "
+            "such as X-Client-")
     return HeaderSettings(
         prefix=prefix,
         forward_certificate=section.boolean(

@@ -549,3 +549,28 @@ def test_a_fifo_for_the_config_file_is_refused_without_blocking(tmp_path: Path) 
     path = tmp_path / "gw.ini"
     os.mkfifo(path)
     assert config_error(load, path) == f"{path}: config file is not a regular file"
+
+
+
+@pytest.mark.parametrize(("prefix", "taken"), [
+    ("Content-", "content-encoding"), ("Host", "host"), ("Authorization", "authorization"),
+    ("X-", "X-*"), ("x_", "X-*"), ("X-Forwarded-", "x-forwarded-client-cert"),
+    ("Client-", "client-cert"), ("X-Request", "x-request-id"),
+])
+def test_an_identity_prefix_that_would_own_ordinary_headers_is_refused(
+        tmp_path: Path, prefix: str, taken: str) -> None:
+    # the gateway removes every client header with its prefix: Content- took Content-Type
+    for section, key in (("headers", "prefix"), ("route:api", "header_prefix")):
+        sections = changed({(section, key): prefix})
+        if section == "route:api":
+            sections[section].update({"prefix": "/api/", "upstream": "http://127.0.0.1:9000"})
+        path = write_config(tmp_path, sections)
+        assert config_error(load, path) == (
+            f"{path}: [{section}] {key} = {prefix!r}: would own the client's {taken} headers: "
+            "choose a prefix of its own, such as X-Client-")
+
+
+@pytest.mark.parametrize("prefix", ["X-Client-", "X-SSL-", "X-Id-", "SSL_Client_", "X-Mtls-"])
+def test_prefixes_of_their_own_are_accepted(tmp_path: Path, prefix: str) -> None:
+    settings = load(write_config(tmp_path, changed({("headers", "prefix"): prefix})))
+    assert {route.headers.prefix for route in settings.routes} == {prefix}
