@@ -274,13 +274,15 @@ class GatewayService(MultiService):
         offer_observer(parent, self.log_observer, self._reactor)
 
     def privilegedStartService(self) -> None:  # noqa: N802
-        # twistd opens the listening ports here (before dropping privileges).
+        # twistd opens the listening ports here (before dropping privileges). The status
+        # listener first: once a listener accepts connections, /readyz answers (503 until
+        # started), which a probe that saw the port open can rely on.
+        if self.operations is not None:
+            self.operations.listen()
         try:
             super().privilegedStartService()
         except (CannotListenError, OSError) as exc:  # OSError: a unix: socket's lock file
             self._cannot_listen(exc)
-        if self.operations is not None:
-            self.operations.listen()
 
     def _cannot_listen(self, exc: CannotListenError | OSError) -> None:
         cannot_listen(self.generation.settings, exc)

@@ -347,14 +347,14 @@ class Supervisor(Service):
         super().privilegedStartService()
         from gateway.service import cannot_listen
 
+        if self.operations is not None:  # first, as GatewayService does
+            self.operations.listen()
         for listener in self.settings.listeners:
             try:
                 # haproxy:tcp:… binds its tcp: socket; each worker adds the PROXY protocol.
                 self._ports[listener.name] = bind(self._reactor, listener.socket_listen)
             except CannotListenError as exc:
                 cannot_listen(self.settings, exc)
-        if self.operations is not None:
-            self.operations.listen()
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
