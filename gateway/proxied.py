@@ -12,14 +12,15 @@ starts with, and its wrapper makes ``getPeer()`` return the client's address fro
   and log lines: a line feed in it was a header of the attacker's upstream;
 * a connection without a valid header is closed with one log line, never an exception.
 
-:class:`TrustedPeersEndpoint` goes under it and closes, before a byte is read, every connection
-whose real peer (the balancer) is not in ``trusted_proxies``, as nginx's ``set_real_ip_from``.
+:func:`proxy_protocol_endpoint` puts a peer check under it that closes, before a byte is read,
+every connection whose real peer (the balancer) is not in ``trusted_proxies``, as nginx's
+``set_real_ip_from``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import address
@@ -63,20 +64,6 @@ class _TrustedPeersFactory(WrappingFactory):
             return self.wrappedFactory.buildProtocol(addr)
         log.warn("refusing connection peer={peer}: not in trusted_proxies", peer=host or "unix")
         return None  # the port closes the socket at once
-
-
-@implementer(IStreamServerEndpoint)
-class TrustedPeersEndpoint:
-    """*wrapped*, accepting connections only from peers in *networks*."""
-
-    def __init__(self, wrapped: Any, networks: Sequence[Network]) -> None:
-        self._wrapped = wrapped
-        self._networks = tuple(networks)
-
-    def listen(self, factory: Any) -> Deferred[Any]:
-        result: Deferred[Any] = self._wrapped.listen(
-            _TrustedPeersFactory(factory, self._networks))
-        return result
 
 
 _V1_SIGNATURE = b"PROXY "
@@ -187,16 +174,24 @@ class _CheckedProxyFactory(WrappingFactory):
 
 
 @implementer(IStreamServerEndpoint)
-class _ProxyProtocolEndpoint:
-    def __init__(self, wrapped: Any) -> None:
+class _WrappingEndpoint:
+    """The endpoint *wrapped*, listening with its factory wrapped by *wrap* (a factory of
+    factories: the peer check, the PROXY protocol)."""
+
+    def __init__(self, wrapped: Any, wrap: Callable[[Any], WrappingFactory]) -> None:
         self._wrapped = wrapped
+        self._wrap = wrap
 
     def listen(self, factory: Any) -> Deferred[Any]:
-        result: Deferred[Any] = self._wrapped.listen(_CheckedProxyFactory(factory))
+        result: Deferred[Any] = self._wrapped.listen(self._wrap(factory))
         return result
 
 
 def proxy_protocol_endpoint(inner: Any, networks: Sequence[Network]) -> Any:
     """The PROXY protocol (v1 and v2) around the endpoint *inner*, from *networks* only (any
-    peer when empty). TLS, when the listener has it, goes around the result."""
-    return _ProxyProtocolEndpoint(TrustedPeersEndpoint(inner, networks) if networks else inner)
+    peer when empty: the peer check goes under the header's). TLS, when the listener has it,
+    goes around the result."""
+    if networks:
+        checked = tuple(networks)
+        inner = _WrappingEndpoint(inner, lambda factory: _TrustedPeersFactory(factory, checked))
+    return _WrappingEndpoint(inner, _CheckedProxyFactory)
