@@ -191,11 +191,15 @@ class RouteMetrics:
         self.request_bytes: Count = metrics.request_bytes.labels_(route)
         self.response_bytes: Count = metrics.response_bytes.labels_(route)
 
-    def request_counter(self, key: int, status: int, verdict: int) -> Count:
-        child: Count = self._metrics.requests.labels_(
-            self._listener, self.route, str(status) if status else "-", _VERDICTS[verdict])
-        self.requests[key] = child
-        return child
+    def count_request(self, status: int, verdict: int) -> None:
+        """One request answered with *status* (0: none) and *verdict* (an index of
+        ``_VERDICTS``); its counter is looked up by one int, made on first use."""
+        key = status * 4 + verdict
+        counter = self.requests.get(key)
+        if counter is None:
+            counter = self.requests[key] = self._metrics.requests.labels_(
+                self._listener, self.route, str(status) if status else "-", _VERDICTS[verdict])
+        counter.value += 1
 
     def denial(self, reason: str) -> Count:
         child = self.denials.get(reason)
@@ -247,11 +251,7 @@ class ListenerMetrics:
         decision = exchange.decision
         status = exchange.status or 0
         verdict = 0 if decision is None else 1 if decision.allowed else 2
-        key = status * 4 + verdict
-        counter = metrics.requests.get(key)
-        if counter is None:
-            counter = metrics.request_counter(key, status, verdict)
-        counter.value += 1
+        metrics.count_request(status, verdict)
         metrics.duration.observe(time.monotonic() - exchange.started)
         if verdict == 2:
             metrics.denial(decision.reason).value += 1
@@ -271,12 +271,7 @@ class ListenerMetrics:
         """Count an HTTP/1.1 request refused while its head was read (400, 408, 431; no
         exchange, no route), as ``route="-"``, ``decision="-"``: what HTTP/2 counts for the
         same refusals, which answer one stream."""
-        metrics = self._none
-        key = status * 4
-        counter = metrics.requests.get(key)
-        if counter is None:
-            counter = metrics.request_counter(key, status, 0)
-        counter.value += 1
+        self._none.count_request(status, 0)
 
     def handshake_completed(self, seconds: float) -> None:
         """A TLS handshake succeeded after *seconds*."""
