@@ -726,6 +726,14 @@ def _two_requests(gateway, context, first: bytes, head_only: bool = False
     return responses, rest
 
 
+def _closed_after(hostile: RawUpstream, path: str) -> int:
+    """The upstream connection that carried *path*, once the gateway has closed it."""
+    used = hostile.find(path=path)[0]["conn"]
+    wait_for(lambda: [e for e in hostile.events if e["kind"] == "eof" and e["conn"] == used],
+             "the gateway to close the out-of-step upstream connection")
+    return int(used)
+
+
 def _no_traceback(gateway) -> None:
     log = gateway.log()
     assert "Unhandled" not in log and "Traceback" not in log, log
@@ -753,10 +761,7 @@ def test_bytes_after_a_complete_upstream_response_close_that_connection(
     after = json.loads(responses[1].body)
     assert after["path"] == "/after"
     # The connection that carried the response was closed, not reused for /after.
-    used = hostile.find(path=path)[0]["conn"]
-    assert after["conn"] != used
-    wait_for(lambda: [e for e in hostile.events if e["kind"] == "eof" and e["conn"] == used],
-             "the gateway to close the out-of-step upstream connection")
+    assert after["conn"] != _closed_after(hostile, path)
     _no_traceback(hostile_gateway)
 
 
@@ -768,8 +773,5 @@ def test_a_head_response_with_bytes_after_it_closes_that_connection(hostile_gate
                                     head_only=True)
     assert [r.status for r in responses] == [200, 200] and rest == b"", (responses, rest)
     assert responses[0].header("Content-Length") == ["4"] and responses[0].body == b""
-    used = hostile.find(path="/head-body")[0]["conn"]
-    assert json.loads(responses[1].body)["conn"] != used
-    wait_for(lambda: [e for e in hostile.events if e["kind"] == "eof" and e["conn"] == used],
-             "the gateway to close the out-of-step upstream connection")
+    assert json.loads(responses[1].body)["conn"] != _closed_after(hostile, "/head-body")
     _no_traceback(hostile_gateway)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
 import socket
 import subprocess
 import urllib.parse
+from collections.abc import Iterator
 
 import pytest
 from cryptography import x509
@@ -180,23 +182,10 @@ def test_upstream_dying_mid_body_aborts_the_client_connection(gateway, pki):
     gateway.wait_log("upstream broke mid-response")
 
 
-def test_client_going_away_cancels_the_upstream_request(gateway, pki, upstream):
-    upstream.clear()
-    alice = pki.alice()
-    context = client_context(pki.ca, alice.cert, alice.key)
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost") as tls:
-        tls.sendall(b"GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        upstream.last()  # the upstream has the request
-    # The client is gone: the gateway must hang up on the upstream too.
-    ended = wait_for(lambda: [r for r in upstream.requests if "hold_ended_by_peer" in r],
-                     "the upstream to see the gateway hang up")
-    assert ended == [{"hold_ended_by_peer": True}]
-
-
-def test_a_request_still_in_flight_at_drain_timeout_is_aborted_and_logged_as_such(
-        start_gateway, pki, upstream):
-    gateway = start_gateway({"gateway": {"drain_timeout": "1"}})
+@contextlib.contextmanager
+def _held(gateway, pki, upstream) -> Iterator[None]:
+    """A request to the upstream's ``/hold`` in flight (it has arrived) for the ``with`` body,
+    its client connection closed after it."""
     upstream.clear()
     alice = pki.alice()
     context = client_context(pki.ca, alice.cert, alice.key)
@@ -204,6 +193,26 @@ def test_a_request_still_in_flight_at_drain_timeout_is_aborted_and_logged_as_suc
             context.wrap_socket(raw, server_hostname="localhost") as tls:
         tls.sendall(b"GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
         upstream.last()  # the upstream has the request, and holds it
+        yield
+
+
+def _gateway_hung_up(upstream) -> bool:
+    ended = wait_for(lambda: [r for r in upstream.requests if "hold_ended_by_peer" in r],
+                     "the upstream to see the gateway hang up")
+    return bool(ended == [{"hold_ended_by_peer": True}])
+
+
+def test_client_going_away_cancels_the_upstream_request(gateway, pki, upstream):
+    with _held(gateway, pki, upstream):
+        pass
+    # The client is gone: the gateway must hang up on the upstream too.
+    assert _gateway_hung_up(upstream)
+
+
+def test_a_request_still_in_flight_at_drain_timeout_is_aborted_and_logged_as_such(
+        start_gateway, pki, upstream):
+    gateway = start_gateway({"gateway": {"drain_timeout": "1"}})
+    with _held(gateway, pki, upstream):
         gateway.process.send_signal(signal.SIGTERM)
         assert gateway.process.wait(DEADLINE) == 0
     log = gateway.log()
@@ -211,8 +220,7 @@ def test_a_request_still_in_flight_at_drain_timeout_is_aborted_and_logged_as_suc
     line = next(ln for ln in log.splitlines() if 'path="/hold"' in ln)
     # The gateway ended it, not the client: never "client-gone"
     assert " upstream_status=drain-timeout " in line and "client-gone" not in line, line
-    assert wait_for(lambda: [r for r in upstream.requests if "hold_ended_by_peer" in r],
-                    "the upstream to see the gateway hang up") == [{"hold_ended_by_peer": True}]
+    assert _gateway_hung_up(upstream)
 
 
 def test_dead_upstream_gives_502(start_gateway, pki):
