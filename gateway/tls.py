@@ -132,15 +132,29 @@ def _openssl_reason(exc: BaseException) -> str:
 _OPENSSL_ERRORS = (SSL.Error, crypto.Error, ValueError, TypeError)
 
 
+class KeyFileError(ValueError):
+    """A private key file that cannot be used; the message is one line."""
+
+
+def load_unencrypted_key(path: Path) -> object:
+    """The PEM private key in *path*, read without a passphrase (``cryptography``; before
+    OpenSSL's own loader, which would ask for one on the terminal). Raises
+    :class:`KeyFileError` when it is encrypted, unsupported or unreadable."""
+    try:
+        return load_pem_private_key(path.read_bytes(), password=None)
+    except TypeError:
+        raise KeyFileError(f"{path} is encrypted; give an unencrypted PEM key") from None
+    except UnsupportedAlgorithm as exc:
+        raise KeyFileError(f"unsupported key in {path} ({exc})") from None
+    except (ValueError, OSError) as exc:
+        raise KeyFileError(f"no usable PEM private key in {path} ({exc})") from None
+
+
 def _load_key(location: Location, path: Path) -> object:
     try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except TypeError:
-        raise location.error(f"{path} is encrypted; give an unencrypted PEM key") from None
-    except UnsupportedAlgorithm as exc:
-        raise location.error(f"unsupported key in {path} ({exc})") from None
-    except ValueError as exc:
-        raise location.error(f"no usable PEM private key in {path} ({exc})") from None
+        key = load_unencrypted_key(path)
+    except KeyFileError as exc:
+        raise location.error(str(exc)) from None
     if not isinstance(
         key,
         rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey

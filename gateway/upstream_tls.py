@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import ssl
 
 from gateway.config import ConfigError, UpstreamSettings
+from gateway.tls import KeyFileError, load_unencrypted_key
 
 
 class UpstreamTLS:
@@ -39,7 +39,11 @@ class UpstreamTLS:
         self._chain: list[Any] = []
         if settings.certificate is not None and settings.private_key is not None:
             certificates = _certificates(settings.certificate, "upstream_certificate", settings)
-            _check_key(settings.private_key, settings)  # before OpenSSL, which would prompt
+            try:  # before OpenSSL's loader, which would prompt for a passphrase
+                load_unencrypted_key(settings.private_key)
+            except KeyFileError as exc:
+                raise ConfigError(
+                    f"upstream {settings.url}: upstream_private_key: {exc}") from None
             try:
                 self._client = ssl.PrivateCertificate.loadPEM(
                     certificates[0].public_bytes(Encoding.PEM) + settings.private_key.read_bytes())
@@ -57,19 +61,6 @@ class UpstreamTLS:
         return ssl.optionsForClientTLS(
             self._server_name, trustRoot=self._trust, clientCertificate=self._client,
             extraCertificateOptions=extra)
-
-
-def _check_key(path: Path, settings: UpstreamSettings) -> None:
-    """Refuse an encrypted or unreadable key with a :class:`ConfigError`: OpenSSL's own loader
-    asks for a passphrase on the terminal (and blocks a reload started from one)."""
-    try:
-        load_pem_private_key(path.read_bytes(), password=None)
-    except TypeError:
-        raise ConfigError(f"upstream {settings.url}: upstream_private_key {path} is encrypted; "
-                          "give an unencrypted PEM key") from None
-    except (ValueError, UnsupportedAlgorithm, OSError) as exc:
-        raise ConfigError(f"upstream {settings.url}: upstream_private_key {path}: no usable "
-                          f"PEM private key ({exc})") from None
 
 
 def _certificates(path: Path, key: str, settings: UpstreamSettings) -> list[x509.Certificate]:
