@@ -319,6 +319,8 @@ class GatewayService(MultiService):
         ``watch_files``)."""
         self.systemd.reloading()
         ok = self.reload()
+        if self._watcher is not None:
+            self._watcher.reloaded()  # after a SIGHUP, the watch does not reload again
         self.systemd.reloaded(ok)
         return ok
 

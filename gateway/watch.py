@@ -130,6 +130,11 @@ class FileWatcher:
         if self._loop.running:
             self._loop.stop()
 
+    def reloaded(self) -> None:
+        """A reload was tried (SIGHUP too): the files as they are now are the ones it read, so
+        a change the reload already saw is not reloaded again at the next check."""
+        self._seen = take(self._files(), self._seen)
+
     def check(self) -> bool | None:
         """One check: the reload's result if files changed, else ``None``."""
         now = take(self._files(), self._seen)

@@ -240,6 +240,24 @@ def test_a_passed_socket_is_accepted(tmp_path, pki, listen):
     check_passed_sockets(load(tmp_path, pki, listen=listen), ListenFDs([3], ("https",)))
 
 
+def test_a_change_a_sighup_reload_read_is_not_reloaded_again(tmp_path):
+    # an operator edits the file and sends SIGHUP: one reload, one log line, +1 in the metrics
+    path = tmp_path / "gw.ini"
+    path.write_bytes(b"1")
+    calls = []
+    clock = Clock()
+    watcher = FileWatcher(clock, 1.0, lambda: [path], lambda: calls.append(1) or False)
+    watcher.start()
+    path.write_bytes(b"2")
+    watcher.reloaded()  # what the SIGHUP handler's reload tells it
+    clock.advance(1)
+    assert calls == []
+    path.write_bytes(b"3")  # a later change is still seen
+    clock.advance(1)
+    assert calls == [1]
+    watcher.stop()
+
+
 def test_a_reload_that_raises_does_not_end_the_watching(tmp_path):
     path = tmp_path / "gw.ini"
     path.write_bytes(b"1")
